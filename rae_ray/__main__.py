@@ -1,0 +1,5 @@
+import sys
+
+from rae_ray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""`rae-ray` (also `python -m rae_ray`): demo, run, sim, metrics, estimate."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rae_ray.config import ConfigError, RunConfig, config_from_dict, load_config
+from rae_ray.io import InputError, resolve_uri
+from rae_ray.llm.client import FatalEndpointError
+
+DEMO_MODEL = "sim-judge"
+
+
+def demo_config(base_url: str, out: str) -> RunConfig:
+    """The embedded default: bundled chorus sample, simulated endpoint, output folder `out`."""
+    root = Path(resolve_uri(out))
+    return config_from_dict(
+        {
+            "run_id": root.name,
+            "input": {"log": "sample:search_log.parquet", "catalog": "sample:products.parquet"},
+            "llm": {
+                "endpoints": {"default": {"base_url": base_url, "api_key_env": "RAE_SIM_API_KEY", "api_key_required": False}},
+                "guidelines": {"model": DEMO_MODEL},
+                "annotate": {"model": DEMO_MODEL},
+            },
+            "compute": {"num_cpus": 2, "annotate": {"max_actors": 2, "max_concurrent_requests": 32}},
+            "output": {"uri": str(root.parent)},
+            "pricing": {DEMO_MODEL: {"input_per_1m": 0.15, "cached_input_per_1m": 0.075, "output_per_1m": 0.60}},
+        },
+        source="(demo)",
+    )
+
+
+def _print_result(result, k: int) -> None:
+    from rae_ray.table import ranker_table
+
+    manifest = result.manifest
+    print()
+    print(ranker_table(result.rankers, k))
+    print()
+    calls = manifest["llm_calls"]
+    errors = sum(manifest["errors"].values())
+    cost = manifest["cost_usd"]["total"]
+    print(
+        f"{manifest['pairs_unique']} unique pairs, {manifest['queries']} queries; LLM calls: "
+        + ", ".join(f"{s} {n}" for s, n in calls.items())
+        + f"; errors: {errors}; {manifest['seconds']['total']:.1f}s"
+        + (f"; cost ${cost:.4f}" if cost is not None else "")
+    )
+    print(f"output: {result.root}")
+    print(f"manifest: {result.root}/manifest.json")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rae_ray.pipeline import run
+    from rae_ray.sim.process import SimProcess
+
+    out = args.out or os.path.join("rae-output", "demo-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    print("rae-ray demo: bundled chorus/Icecat sample (Apache-2.0 / Icecat Open Content License),")
+    print("judged by the SIMULATED endpoint (an offline heuristic, not a real LLM), on a local Ray.")
+    started = time.monotonic()
+    with SimProcess(latency_ms=args.latency_ms, latency_jitter_ms=args.latency_ms / 2) as sim:
+        print(f"simulated endpoint: {sim.base_url}")
+        config = demo_config(sim.base_url, out)
+        result = run(config)
+    _print_result(result, config.k)
+    print(f"demo wall time: {time.monotonic() - started:.1f}s (labels by a SIMULATED judge)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rae_ray.pipeline import run
+
+    config = load_config(args.config, args.set or [])
+    result = run(config)
+    _print_result(result, config.k)
+    return 0
+
+
+def cmd_sim(argv: list[str]) -> int:
+    from rae_ray.sim.__main__ import main as sim_main
+
+    return sim_main(argv)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from rae_ray.offline import parse_grade_map, run_metrics
+    from rae_ray.table import ranker_table
+
+    ks = [int(k) for k in args.ks.split(",")]
+    result = run_metrics(
+        args.log, args.labels, args.label_column, parse_grade_map(args.grade_map), args.out, ks=ks,
+        n_bootstrap=args.bootstrap, seed=args.seed,
+    )
+    print(ranker_table(result.rankers, max(ks)))
+    print(f"metrics: {result.root}/metrics/rankers.parquet")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rae-ray", description="Evaluate search rankers with LLM judges on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole job on the bundled sample against the simulated endpoint")
+    demo.add_argument("--out", help="run folder (default ./rae-output/demo-<timestamp>)")
+    demo.add_argument("--latency-ms", type=float, default=20.0, help="simulated endpoint latency (mean)")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run the job from a config file (same code path as jobs/evaluate.py)")
+    run.add_argument("--config", required=True, help="YAML config")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    run.set_defaults(func=cmd_run)
+
+    sub.add_parser("sim", help="the simulated OpenAI-compatible endpoint (see `rae-ray sim --help`)", add_help=False)
+
+    metrics = sub.add_parser("metrics", help="metrics from any labels (human or LLM) and a search log")
+    metrics.add_argument("--log", required=True, help="search log (Parquet file or folder, local or s3://)")
+    metrics.add_argument("--labels", required=True, help="labels (Parquet or CSV) with query, product_id, COL")
+    metrics.add_argument("--label-column", default="grade", help="column holding the label")
+    metrics.add_argument("--grade-map", help="LABEL=GRADE,... mapping labels onto grades, e.g. 3=2,2=1,1=1,0=0")
+    metrics.add_argument("--ks", default="5,10", help="cut-offs, comma separated")
+    metrics.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    metrics.add_argument("--seed", type=int, default=0)
+    metrics.add_argument("--out", required=True, help="output folder; writes OUT/metrics/*.parquet")
+    metrics.set_defaults(func=cmd_metrics)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sim"]:
+        return cmd_sim(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, InputError, FatalEndpointError) as error:
+        print(f"rae-ray: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

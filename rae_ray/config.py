@@ -1,0 +1,282 @@
+"""Run configuration: pydantic v2 models loaded from YAML, with `--set key=value` overrides.
+
+Each setting is documented once, in its `Field(description=...)`; `rae-ray run --help-config` prints them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: unknown key, bad value, missing secret."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class HumanLabelsConfig(_Model):
+    uri: str = Field(description="Parquet or CSV with query, product_id and the label column(s).")
+    column: str = Field(default="label", description="Label column compared with the judge.")
+    rater_columns: list[str] = Field(
+        default_factory=list, description="Columns of individual raters, for human-vs-human agreement."
+    )
+    grade_map: dict[int, int] = Field(
+        default_factory=dict, description="Human label -> project grade; empty means labels are grades already."
+    )
+
+
+class InputConfig(_Model):
+    log: str | list[str] = Field(description="Search log: Parquet file, folder or list of them; local or s3://.")
+    catalog: str | None = Field(
+        default=None, description="Product catalog Parquet; when absent, product columns come from the log."
+    )
+    human_labels: HumanLabelsConfig | None = Field(default=None, description="Optional human labels.")
+
+    @property
+    def log_uris(self) -> list[str]:
+        return [self.log] if isinstance(self.log, str) else list(self.log)
+
+
+class SamplingConfig(_Model):
+    mode: Literal["all", "stratified"] = Field(
+        default="all", description="'all' queries, or 'stratified': n_queries drawn from head/torso/tail."
+    )
+    n_queries: int | None = Field(default=None, ge=1, description="Queries to draw in stratified mode.")
+    seed: int = Field(default=0, description="Seed of the query sample.")
+    head_share: float = Field(default=0.2, gt=0, lt=1, description="Share of queries (by query_count) in head.")
+    torso_share: float = Field(default=0.3, gt=0, lt=1, description="Share of queries in torso; the rest is tail.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplingConfig:
+        if self.mode == "stratified" and self.n_queries is None:
+            raise ValueError("sampling.n_queries is required when sampling.mode is 'stratified'")
+        if self.head_share + self.torso_share >= 1:
+            raise ValueError("sampling.head_share + sampling.torso_share must be below 1")
+        return self
+
+
+class Grade(_Model):
+    grade: int = Field(ge=0, description="Integer grade; higher is more relevant.")
+    name: str = Field(min_length=1, description="Label name, e.g. highly_relevant.")
+    description: str = Field(description="What the grade means, shown to the judge.")
+
+
+PAPER_SCALE = [
+    Grade(grade=2, name="highly_relevant", description="Matches every essential requirement of the query."),
+    Grade(grade=1, name="acceptable_substitute", description="Misses a requirement but could still satisfy the shopper."),
+    Grade(grade=0, name="irrelevant", description="Does not serve the query."),
+]
+
+
+class ScaleConfig(_Model):
+    grades: list[Grade] = Field(
+        default_factory=lambda: [g.model_copy() for g in PAPER_SCALE],
+        description="The label scale; default the paper's 3 grades. Gain of grade g in nDCG is 2^g - 1.",
+    )
+
+    @field_validator("grades")
+    @classmethod
+    def _distinct(cls, grades: list[Grade]) -> list[Grade]:
+        if len(grades) < 2:
+            raise ValueError("a scale needs at least two grades")
+        if len({g.grade for g in grades}) != len(grades) or len({g.name for g in grades}) != len(grades):
+            raise ValueError("grades and names of the scale must be distinct")
+        return sorted(grades, key=lambda g: -g.grade)
+
+    @property
+    def top_grade(self) -> int:
+        return self.grades[0].grade
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        return [g.model_dump() for g in self.grades]
+
+
+class EndpointConfig(_Model):
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1.")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key.")
+    api_key_required: bool = Field(
+        default=True, description="Fail before the run when the key variable is unset (false for local servers)."
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-call timeout, seconds.")
+    max_retries: int = Field(default=6, ge=0, le=20, description="Retries on 429, 5xx, timeouts, resets.")
+    backoff_base_s: float = Field(default=0.5, gt=0, description="First backoff; doubles per retry, with jitter.")
+    backoff_max_s: float = Field(default=30.0, gt=0, description="Cap of one backoff wait, seconds.")
+    max_parse_retries: int = Field(
+        default=1, ge=0, le=5, description="Re-asks when a reply does not parse against the schema."
+    )
+    json_schema: bool = Field(
+        default=True, description="Send response_format json_schema; false for servers without it."
+    )
+
+    def api_key(self) -> SecretStr:
+        value = os.environ.get(self.api_key_env)
+        if not value:
+            if self.api_key_required:
+                raise ConfigError(
+                    f"environment variable {self.api_key_env} is not set (llm endpoint {self.base_url}); "
+                    "export it, or set api_key_required: false for a server that needs no key"
+                )
+            value = "no-key"
+        return SecretStr(value)
+
+
+class StageModelConfig(_Model):
+    endpoint: str = Field(default="default", description="Name of an entry of llm.endpoints.")
+    model: str = Field(description="Model name sent to the endpoint.")
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_output_tokens: int = Field(default=800, ge=16, description="max_completion_tokens of one call.")
+
+
+class LLMConfig(_Model):
+    endpoints: dict[str, EndpointConfig] = Field(description="Named endpoints; stages refer to them by name.")
+    guidelines: StageModelConfig = Field(description="Model writing the per-query guidelines.")
+    annotate: StageModelConfig = Field(description="Model judging each (query, product) pair.")
+
+    @model_validator(mode="after")
+    def _endpoints_exist(self) -> LLMConfig:
+        for stage in ("guidelines", "annotate"):
+            name = getattr(self, stage).endpoint
+            if name not in self.endpoints:
+                raise ValueError(f"llm.{stage}.endpoint '{name}' is not in llm.endpoints ({sorted(self.endpoints)})")
+        return self
+
+    def endpoint_for(self, stage: str) -> EndpointConfig:
+        return self.endpoints[getattr(self, stage).endpoint]
+
+
+class StageComputeConfig(_Model):
+    min_actors: int = Field(default=1, ge=1, description="Actor pool minimum size.")
+    max_actors: int = Field(default=2, ge=1, description="Actor pool maximum size (autoscaling).")
+    batch_size: int = Field(default=64, ge=1, description="Rows per batch handed to one actor call.")
+    max_concurrent_requests: int = Field(
+        default=32, ge=1, description="Requests in flight per actor (a batch's requests are gathered under it)."
+    )
+    max_concurrent_batches: int = Field(default=4, ge=1, description="Batches one actor works on at once.")
+    num_cpus: float = Field(default=0.25, gt=0, description="CPUs reserved per actor (the work is I/O bound).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> StageComputeConfig:
+        if self.max_actors < self.min_actors:
+            raise ValueError("max_actors must be >= min_actors")
+        return self
+
+
+class ComputeConfig(_Model):
+    ray_address: str | None = Field(
+        default=None, description="Ray address; None starts or joins a local Ray (RAY_ADDRESS is honoured)."
+    )
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray started by the job.")
+    shuffle_partitions: int = Field(default=8, ge=1, description="Partitions of the hash shuffles (dedup, joins).")
+    guidelines: StageComputeConfig = Field(default_factory=lambda: StageComputeConfig(batch_size=16))
+    annotate: StageComputeConfig = Field(default_factory=StageComputeConfig)
+
+
+class OutputConfig(_Model):
+    uri: str = Field(default="./rae-output", description="Folder or s3:// prefix; a run writes OUT=uri/run_id.")
+
+
+class MetricsConfig(_Model):
+    ks: list[int] = Field(default_factory=lambda: [5, 10], description="Cut-offs of the metrics.")
+    bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for confidence intervals.")
+    seed: int = Field(default=0, description="Seed of bootstrap and permutation tests.")
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("metrics.ks must be a non-empty list of positive integers")
+        return sorted(set(ks))
+
+
+class Price(_Model):
+    input_per_1m: float = Field(ge=0, description="USD per 1M prompt tokens.")
+    cached_input_per_1m: float = Field(ge=0, description="USD per 1M cached prompt tokens.")
+    output_per_1m: float = Field(ge=0, description="USD per 1M completion tokens.")
+
+
+class RunConfig(_Model):
+    run_id: str | None = Field(default=None, description="Run folder name; default run-<UTC timestamp>.")
+    input: InputConfig
+    rankers: list[str] | None = Field(default=None, description="Ranker versions to evaluate; None = all in log.")
+    k: int = Field(default=10, ge=1, le=1000, description="Each ranker's list is cut at rank k.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
+    llm: LLMConfig
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    pricing: dict[str, Price] = Field(default_factory=dict, description="Price per model name.")
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, run_id: str | None) -> str | None:
+        if run_id is not None and (not run_id or "/" in run_id or run_id in (".", "..")):
+            raise ValueError("run_id must be a non-empty name without '/'")
+        return run_id
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """`key.sub=value` strings -> (dotted key, YAML-parsed value)."""
+    out = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
+    return out
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] = (), source: str = "(dict)") -> RunConfig:
+    data = dict(data or {})
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(data, key, value)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(source, error)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {path} is not valid YAML: {error}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    return config_from_dict(data or {}, overrides, source=str(path))
+
+
+def redacted(config: RunConfig) -> dict[str, Any]:
+    """The config as JSON-able data for the manifest; secrets are never part of it (keys live in the env)."""
+    return config.model_dump(mode="json")

@@ -1,0 +1,223 @@
+"""The one LLM client: structured output, tolerant parsing, bounded re-ask, retries, usage, redaction.
+
+Retries, backoff and concurrency limits live here and nowhere else. A call never raises for one bad row:
+it returns a `CallResult` whose `error` says what went wrong. It raises `FatalEndpointError` only when no
+further call can succeed (bad API key, no permission), so the run stops instead of burning retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from rae_ray.config import EndpointConfig
+from rae_ray.llm.schemas import response_format
+
+_KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+)")
+
+
+class FatalEndpointError(RuntimeError):
+    """The endpoint refuses every call (401/403): stop the run, do not retry."""
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Remove secrets (and anything shaped like an API key) from a message."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[REDACTED]")
+    return _KEY_PATTERN.sub("[REDACTED]", text)
+
+
+@dataclass
+class CallResult:
+    """Outcome of one logical call (all its attempts)."""
+
+    value: BaseModel | None = None
+    error: str | None = None
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    seconds: float = 0.0
+    attempts_log: list[str] = field(default_factory=list)
+
+    def add_usage(self, usage: Any) -> None:
+        if usage is None:
+            return
+        self.prompt_tokens += usage.prompt_tokens or 0
+        self.completion_tokens += usage.completion_tokens or 0
+        details = getattr(usage, "prompt_tokens_details", None)
+        self.cached_tokens += (getattr(details, "cached_tokens", 0) or 0) if details else 0
+
+
+def parse_json_reply(text: str | None) -> Any:
+    """JSON from a reply that may wrap it in prose or code fences."""
+    if not text:
+        raise ValueError("empty reply")
+    cleaned = text.strip()
+    if cleaned.startswith("```"):
+        cleaned = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", cleaned)
+    try:
+        return json.loads(cleaned)
+    except json.JSONDecodeError:
+        start, end = cleaned.find("{"), cleaned.rfind("}")
+        if start == -1 or end <= start:
+            raise ValueError(f"reply is not JSON: {text[:120]!r}") from None
+        return json.loads(cleaned[start : end + 1])
+
+
+def _retry_after(error: openai.APIStatusError) -> float | None:
+    headers = getattr(error.response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return float(value) * scale
+            except ValueError:
+                continue
+    return None
+
+
+class LLMClient:
+    """`AsyncOpenAI` with this project's retry, parse and accounting rules; one per actor."""
+
+    def __init__(self, endpoint: EndpointConfig, api_key: SecretStr, max_concurrent: int = 32):
+        self.endpoint = endpoint
+        self._secret = api_key.get_secret_value()
+        self._client = openai.AsyncOpenAI(
+            api_key=self._secret, base_url=endpoint.base_url, max_retries=0, timeout=endpoint.timeout_s
+        )
+        self._semaphore = asyncio.Semaphore(max_concurrent)
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.endpoint.backoff_max_s, self.endpoint.backoff_base_s * 2**attempt)
+        return random.uniform(base / 2, base)
+
+    async def structured(
+        self,
+        messages: list[dict[str, Any]],
+        output: type[BaseModel],
+        schema_name: str,
+        model: str,
+        temperature: float = 0.0,
+        max_output_tokens: int = 800,
+        check: Callable[[BaseModel], None] | None = None,
+    ) -> CallResult:
+        """One structured call: retries transport failures, re-asks (bounded) when the reply does not parse."""
+        result = CallResult()
+        started = time.monotonic()
+        messages = list(messages)
+        transport_failures = 0
+        parse_failures = 0
+        kwargs: dict[str, Any] = {"model": model, "temperature": temperature, "max_completion_tokens": max_output_tokens}
+        if self.endpoint.json_schema:
+            kwargs["response_format"] = response_format(output, schema_name)
+        while True:
+            try:
+                async with self._semaphore:
+                    result.calls += 1
+                    response = await self._client.chat.completions.create(messages=messages, **kwargs)
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+                raise FatalEndpointError(
+                    f"endpoint {self.endpoint.base_url} refused the API key ({error.status_code}): "
+                    + redact(str(error.message), (self._secret,))
+                ) from None
+            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError, openai.ConflictError) as error:
+                wait = _retry_after(error) if isinstance(error, openai.APIStatusError) else None
+                if await self._retry(result, error, transport_failures, wait):
+                    transport_failures += 1
+                    continue
+                break
+            except openai.APIStatusError as error:
+                if error.status_code in (408, 409, 425) or error.status_code >= 500:
+                    if await self._retry(result, error, transport_failures, _retry_after(error)):
+                        transport_failures += 1
+                        continue
+                    break
+                result.error = self._describe(error)
+                break
+            result.add_usage(response.usage)
+            content = response.choices[0].message.content if response.choices else None
+            try:
+                value = output.model_validate(parse_json_reply(content))
+                if check is not None:
+                    check(value)
+                result.value = value
+                result.error = None
+                break
+            except (ValueError, ValidationError) as error:
+                problem = self._parse_problem(error)
+                result.attempts_log.append(f"unparsable reply: {problem}")
+                if parse_failures >= self.endpoint.max_parse_retries:
+                    result.error = f"reply did not match the {schema_name} schema after {parse_failures + 1} tries: {problem}"
+                    break
+                parse_failures += 1
+                messages = messages + [
+                    {"role": "assistant", "content": (content or "")[:4000]},
+                    {
+                        "role": "user",
+                        "content": f"That reply was not valid: {problem}. Answer again with only the JSON object "
+                        f"required by the {schema_name} schema.",
+                    },
+                ]
+        result.seconds = time.monotonic() - started
+        return result
+
+    async def _retry(self, result: CallResult, error: Exception, failures: int, wait: float | None) -> bool:
+        described = self._describe(error)
+        result.attempts_log.append(described)
+        if failures >= self.endpoint.max_retries:
+            result.error = f"gave up after {failures + 1} attempts: {described}"
+            return False
+        delay = self._backoff(failures) if wait is None else min(wait, self.endpoint.backoff_max_s) + random.uniform(0, 0.25)
+        await asyncio.sleep(delay)
+        return True
+
+    def _describe(self, error: Exception) -> str:
+        if isinstance(error, openai.APIStatusError):
+            text = f"HTTP {error.status_code}: {error.message}"
+        elif isinstance(error, openai.APITimeoutError):
+            text = f"timeout after {self.endpoint.timeout_s:g}s"
+        elif isinstance(error, openai.APIConnectionError):
+            cause = error.__cause__ or error
+            text = f"connection error: {type(cause).__name__}: {cause}"
+        else:
+            text = f"{type(error).__name__}: {error}"
+        return redact(text, (self._secret,))[:500]
+
+    @staticmethod
+    def _parse_problem(error: Exception) -> str:
+        if isinstance(error, ValidationError):
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(root)"
+            return f"{where}: {first['msg']}"
+        return str(error)[:300]
+
+    async def preflight(self) -> None:
+        """Fail fast, before any spending: endpoint reachable and key accepted (GET /models)."""
+        try:
+            await self._client.models.list()
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+            raise FatalEndpointError(
+                f"endpoint {self.endpoint.base_url} refused the API key ({error.status_code}); check "
+                f"{self.endpoint.api_key_env}"
+            ) from None
+        except openai.NotFoundError:
+            return  # some servers have no /models; calls will tell
+        except openai.APIConnectionError as error:
+            cause = error.__cause__ or error
+            raise FatalEndpointError(
+                f"endpoint {self.endpoint.base_url} is unreachable: {type(cause).__name__}: {redact(str(cause), (self._secret,))}"
+            ) from None
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,58 @@
+"""What the LLM stages share: their typed config, the usage columns, and running a batch of calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from rae_ray.config import EndpointConfig, StageModelConfig
+from rae_ray.llm.client import CallResult, LLMClient
+
+USAGE_COLUMNS = ("llm_calls", "prompt_tokens", "completion_tokens", "cached_tokens", "seconds")
+
+
+class LLMStageConfig(BaseModel):
+    """Everything an LLM stage actor needs, built once by the pipeline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: EndpointConfig
+    api_key: SecretStr
+    model: StageModelConfig
+    scale: list[dict]
+    max_concurrent_requests: int = 32
+
+
+def missing_columns(batch: pa.Table, required: Sequence[str], stage: str) -> None:
+    missing = [c for c in required if c not in batch.column_names]
+    if missing:
+        raise KeyError(f"{stage}: input batch lacks column(s) {missing}; has {batch.column_names}")
+
+
+def make_client(config: LLMStageConfig) -> LLMClient:
+    return LLMClient(config.endpoint, config.api_key, config.max_concurrent_requests)
+
+
+async def gather_calls(calls: Sequence[Awaitable[CallResult] | None]) -> list[CallResult | None]:
+    """Run a batch's calls concurrently (the client's semaphore bounds them); None stays None."""
+
+    async def _none() -> None:
+        return None
+
+    return list(await asyncio.gather(*(c if c is not None else _none() for c in calls)))
+
+
+def usage_columns(results: Sequence[CallResult | None]) -> dict[str, pa.Array]:
+    def col(attr: str, dtype: pa.DataType) -> pa.Array:
+        return pa.array([getattr(r, attr) if r is not None else 0 for r in results], dtype)
+
+    return {
+        "llm_calls": col("calls", pa.int32()),
+        "prompt_tokens": col("prompt_tokens", pa.int64()),
+        "completion_tokens": col("completion_tokens", pa.int64()),
+        "cached_tokens": col("cached_tokens", pa.int64()),
+        "seconds": col("seconds", pa.float64()),
+    }
