@@ -1,0 +1,78 @@
+"""Settings of the simulated OpenAI-compatible endpoint (also its command-line flags)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+ERROR_KINDS = ("5xx", "429", "malformed", "timeout", "reset")
+API_KEY_ENV = "RAE_SIM_API_KEY"
+
+
+class SimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(0, ge=0, le=65535, description="TCP port; 0 picks a free one (printed at startup).")
+    models: list[str] = Field(
+        default_factory=lambda: ["rae-sim-judge", "rae-sim-vision"],
+        min_length=1,
+        description="Model names listed by /v1/models; completions accept any model name.",
+    )
+    latency_ms: float = Field(0.0, ge=0, description="Mean added latency per completion, in milliseconds.")
+    latency_jitter_ms: float = Field(
+        0.0, ge=0, description="Spread of the latency: uniform +/- this much, or the standard deviation (lognormal)."
+    )
+    latency_distribution: Literal["uniform", "lognormal"] = Field("uniform", description="Shape of the latency.")
+    max_in_flight: int = Field(256, ge=1, description="Completions processed at once; more requests wait in a queue.")
+    rpm: int | None = Field(None, ge=1, description="Requests per minute (sliding 60 s window); over it -> 429.")
+    tpm: int | None = Field(None, ge=1, description="Prompt+completion tokens per minute (sliding 60 s); over -> 429.")
+    error_rate_5xx: float = Field(0.0, ge=0, le=1, description="Share of completions answered 500 or 503.")
+    error_rate_429: float = Field(0.0, ge=0, le=1, description="Share answered 429 with Retry-After (injected).")
+    error_rate_malformed: float = Field(
+        0.0, ge=0, le=1, description="Share answered 200 with content that is not JSON or violates the schema."
+    )
+    error_rate_timeout: float = Field(
+        0.0, ge=0, le=1, description="Share held for timeout_hold_s seconds, then answered 504."
+    )
+    error_rate_reset: float = Field(0.0, ge=0, le=1, description="Share whose connection is closed mid-response.")
+    timeout_hold_s: float = Field(60.0, ge=0, description="How long an injected timeout holds the request, seconds.")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After of injected 429s, seconds.")
+    seed: int = Field(0, description="Seed of the error and latency random generators.")
+    api_key: SecretStr | None = Field(
+        None, description=f"If set, requests need 'Authorization: Bearer <key>' (CLI: --api-key or ${API_KEY_ENV})."
+    )
+    prefix_cache_size: int = Field(10_000, ge=0, description="Prompt prefixes remembered for cached_tokens (LRU).")
+    access_log: bool = Field(False, description="Log every request to stderr (slows the server down).")
+
+    @model_validator(mode="after")
+    def _error_rates_fit(self) -> SimConfig:
+        total = sum(self.error_rate(kind) for kind in ERROR_KINDS)
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"error rates add up to {total:.3f}; their sum must be at most 1")
+        return self
+
+    def error_rate(self, kind: str) -> float:
+        return float(getattr(self, f"error_rate_{kind}"))
+
+    def to_argv(self, include_api_key: bool = False) -> list[str]:
+        """Command-line flags that reproduce this config (the API key only if asked: prefer the environment)."""
+        argv: list[str] = []
+        defaults = SimConfig()
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "api_key":
+                if value is not None and include_api_key:
+                    argv += ["--api-key", value.get_secret_value()]
+                continue
+            if value == getattr(defaults, name):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, list):
+                argv += [flag, ",".join(value)]
+            elif value is not None:
+                argv += [flag, str(value)]
+        return argv
