@@ -1,0 +1,38 @@
+"""Ranking metrics, ranker comparisons and grader agreement (pure Python / numpy / polars, no Ray)."""
+
+from rae_ray.metrics.agreement import agreement, hard_disagreements, kendall_tau, rater_agreement
+from rae_ray.metrics.compare import compare_rankers, holm, paired_bootstrap_ci, randomization_test
+from rae_ray.metrics.evaluate import (
+    query_metrics,
+    ranker_metrics,
+    segment_metrics,
+    traffic_segments,
+    worst_queries,
+)
+from rae_ray.metrics.measures import MEASURES, Measure, dcg, mean_grade, ndcg, precision, share_irrelevant
+from rae_ray.metrics.trec import write_qrels, write_run
+
+__all__ = [
+    "MEASURES",
+    "Measure",
+    "agreement",
+    "compare_rankers",
+    "dcg",
+    "hard_disagreements",
+    "holm",
+    "kendall_tau",
+    "mean_grade",
+    "ndcg",
+    "paired_bootstrap_ci",
+    "precision",
+    "query_metrics",
+    "randomization_test",
+    "ranker_metrics",
+    "rater_agreement",
+    "segment_metrics",
+    "share_irrelevant",
+    "traffic_segments",
+    "worst_queries",
+    "write_qrels",
+    "write_run",
+]

@@ -1,0 +1,140 @@
+"""Agreement between graders (LLM judge vs human, human vs human) and between rankings of rankers."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from rae_ray.metrics.evaluate import require_columns
+
+__all__ = [
+    "RATER_AGREEMENT_SCHEMA",
+    "agreement",
+    "hard_disagreements",
+    "kendall_tau",
+    "rater_agreement",
+]
+
+RATER_AGREEMENT_SCHEMA = {
+    "rater_a": pl.String,
+    "rater_b": pl.String,
+    "n": pl.Int64,
+    "exact": pl.Float64,
+    "cohen_kappa": pl.Float64,
+    "quadratic_weighted_kappa": pl.Float64,
+}
+
+
+def _kappa(confusion: np.ndarray, weights: np.ndarray) -> float:
+    """1 - sum(w * observed) / sum(w * expected), expected = outer(row totals, column totals) / n; NaN if 0/0."""
+    n = confusion.sum()
+    expected = np.outer(confusion.sum(axis=1), confusion.sum(axis=0)) / n
+    denominator = float(np.sum(weights * expected))
+    if denominator == 0.0:
+        return float("nan")
+    return 1.0 - float(np.sum(weights * confusion)) / denominator
+
+
+def agreement(a, b, grades: Sequence[int] = (0, 1, 2)) -> dict:
+    """Agreement of grades `a` with reference grades `b` (same length, pairs where either is NaN are dropped).
+
+    Returns n, exact (share equal), cohen_kappa, quadratic_weighted_kappa (weights ((i - j) / (K - 1))**2 over the
+    positions of `grades`), confusion (rows a, columns b, in `grades` order) and per_grade
+    {grade: {precision, recall, n_a, n_b}} of a against b. Kappas are NaN when chance agreement is total
+    (e.g. both use one single grade); precision/recall NaN when their denominator is 0.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same length, got {a.size} and {b.size}")
+    grades = list(grades)
+    if len(grades) < 2 or len(set(grades)) != len(grades):
+        raise ValueError(f"grades must be at least two distinct values, got {grades}")
+    keep = ~np.isnan(a) & ~np.isnan(b)
+    a, b = a[keep], b[keep]
+    index = {float(g): i for i, g in enumerate(grades)}
+    unknown = sorted({float(x) for x in np.concatenate([a, b])} - set(index))
+    if unknown:
+        raise ValueError(f"grades {unknown} are not on the scale {grades}")
+    size = len(grades)
+    confusion = np.zeros((size, size), dtype=np.int64)
+    np.add.at(confusion, ([index[x] for x in a.tolist()], [index[x] for x in b.tolist()]), 1)
+
+    n = int(confusion.sum())
+    positions = np.arange(size)
+    if n == 0:
+        exact = cohen = quadratic = float("nan")
+    else:
+        exact = float(np.trace(confusion)) / n
+        cohen = _kappa(confusion, 1.0 - np.eye(size))
+        quadratic = _kappa(confusion, ((positions[:, None] - positions[None, :]) / (size - 1)) ** 2)
+    per_grade = {}
+    for i, g in enumerate(grades):
+        n_a, n_b, both = int(confusion[i].sum()), int(confusion[:, i].sum()), int(confusion[i, i])
+        per_grade[g] = {
+            "precision": both / n_a if n_a else float("nan"),
+            "recall": both / n_b if n_b else float("nan"),
+            "n_a": n_a,
+            "n_b": n_b,
+        }
+    return {
+        "n": n,
+        "exact": exact,
+        "cohen_kappa": cohen,
+        "quadratic_weighted_kappa": quadratic,
+        "confusion": confusion.tolist(),
+        "per_grade": per_grade,
+    }
+
+
+def hard_disagreements(
+    pairs: pl.DataFrame, judge_col: str, human_col: str, min_distance: int = 2
+) -> pl.DataFrame:
+    """Rows where judge and human grades are both set and at least min_distance apart, with a `distance` column.
+
+    Sorted by distance, largest first; input order otherwise.
+    """
+    require_columns(pairs, "pairs", (judge_col, human_col))
+    distance = (pl.col(judge_col).cast(pl.Float64) - pl.col(human_col).cast(pl.Float64)).abs()
+    return (
+        pairs.with_columns(distance.alias("distance"))
+        .filter(pl.col("distance").is_not_null() & ~pl.col("distance").is_nan() & (pl.col("distance") >= min_distance))
+        .sort("distance", descending=True, maintain_order=True)
+    )
+
+
+def rater_agreement(df: pl.DataFrame, rater_cols: Sequence[str], grades: Sequence[int] = (0, 1, 2)) -> pl.DataFrame:
+    """Pairwise agreement of rater columns (in the given order), each pair on the rows where both are non-null."""
+    rater_cols = list(rater_cols)
+    require_columns(df, "df", rater_cols)
+    out = {name: [] for name in RATER_AGREEMENT_SCHEMA}
+    for col_a, col_b in itertools.combinations(rater_cols, 2):
+        both = df.select(pl.col(col_a).cast(pl.Float64), pl.col(col_b).cast(pl.Float64)).drop_nulls().drop_nans()
+        result = agreement(both[col_a].to_numpy(), both[col_b].to_numpy(), grades)
+        out["rater_a"].append(col_a)
+        out["rater_b"].append(col_b)
+        for name in ("n", "exact", "cohen_kappa", "quadratic_weighted_kappa"):
+            out[name].append(result[name])
+    return pl.DataFrame(out, schema=RATER_AGREEMENT_SCHEMA)
+
+
+def kendall_tau(x, y) -> float:
+    """Kendall's tau-b between two scorings of the same items (e.g. rankers' mean nDCG by two judges).
+
+    (concordant - discordant) / sqrt((n0 - ties_x) * (n0 - ties_y)), n0 = n(n-1)/2; NaN if a side is constant.
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+    upper = np.triu_indices(x.size, k=1)
+    sign_x = np.sign(x[:, None] - x[None, :])[upper]
+    sign_y = np.sign(y[:, None] - y[None, :])[upper]
+    n0 = sign_x.size
+    denominator = np.sqrt(float(np.count_nonzero(sign_x)) * float(np.count_nonzero(sign_y)))
+    if n0 == 0 or denominator == 0.0:
+        return float("nan")
+    return float(np.sum(sign_x * sign_y)) / denominator

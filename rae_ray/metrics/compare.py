@@ -1,0 +1,207 @@
+"""Paired comparisons of rankers over the queries they share: bootstrap intervals, randomization tests, Holm."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from rae_ray.metrics.evaluate import bootstrap_ci, make_rng, require_columns
+
+__all__ = [
+    "COMPARISONS_SCHEMA",
+    "adjust_p_values",
+    "bonferroni",
+    "compare_rankers",
+    "holm",
+    "paired_bootstrap_ci",
+    "randomization_test",
+]
+
+COMPARISONS_SCHEMA = {
+    "ranker_a": pl.String,
+    "ranker_b": pl.String,
+    "metric": pl.String,
+    "k": pl.Int32,
+    "delta": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "p_value": pl.Float64,
+    "p_adjusted": pl.Float64,
+    "wins": pl.Int64,
+    "ties": pl.Int64,
+    "losses": pl.Int64,
+    "n_queries": pl.Int64,
+}
+
+TIE_TOLERANCE = 1e-12
+_SIGN_CHUNK = 1 << 22  # sign entries held in memory at once
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm step-down adjustment: sorted ascending, p_(i) -> max over j <= i of min(1, (m - j + 1) * p_(j)).
+
+    NaN p-values stay NaN and do not count in m.
+    """
+    p = np.asarray(p_values, dtype=np.float64).reshape(-1)
+    adjusted = np.full_like(p, np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    m = finite.size
+    if m == 0:
+        return adjusted
+    order = finite[np.argsort(p[finite], kind="stable")]
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted[order] = np.maximum.accumulate(stepped)
+    return adjusted
+
+
+def bonferroni(p_values) -> np.ndarray:
+    """Bonferroni adjustment: min(1, m * p), m = number of non-NaN p-values."""
+    p = np.asarray(p_values, dtype=np.float64).reshape(-1)
+    return np.minimum(1.0, np.count_nonzero(~np.isnan(p)) * p)
+
+
+def adjust_p_values(p_values, method: Literal["holm", "bonferroni", "none"] = "holm") -> np.ndarray:
+    """Adjust for multiple comparisons: "holm", "bonferroni" or "none"."""
+    if method == "holm":
+        return holm(p_values)
+    if method == "bonferroni":
+        return bonferroni(p_values)
+    if method == "none":
+        return np.asarray(p_values, dtype=np.float64).reshape(-1).copy()
+    raise ValueError(f"adjust must be 'holm', 'bonferroni' or 'none', got {method!r}")
+
+
+def randomization_test(diffs, n_permutations: int = 10000, rng: np.random.Generator | None = None) -> float:
+    """Two-sided paired randomization test of mean(diffs) = 0 by random sign flips of the per-query differences.
+
+    p = share of sign patterns whose |mean| is at least the observed |mean|. All 2**n patterns are enumerated
+    when 2**n <= n_permutations (exact, as scipy.stats.permutation_test does); otherwise n_permutations random
+    patterns give p = (count + 1) / (n_permutations + 1). NaN for no differences; 1.0 when all are 0.
+    """
+    d = np.asarray(diffs, dtype=np.float64).reshape(-1)
+    n = d.size
+    if n == 0:
+        return float("nan")
+    if n_permutations < 1:
+        raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
+    observed = abs(d.sum())
+    threshold = observed - 1e-12 * max(observed, np.abs(d).sum())
+    if n < 63 and 2**n <= n_permutations:
+        count = 0
+        for start in range(0, 2**n, max(1, _SIGN_CHUNK // n)):
+            patterns = np.arange(start, min(2**n, start + max(1, _SIGN_CHUNK // n)), dtype=np.int64)
+            signs = 1.0 - 2.0 * ((patterns[:, None] >> np.arange(n)) & 1)
+            count += int(np.count_nonzero(np.abs(signs @ d) >= threshold))
+        return count / 2**n
+    rng = np.random.default_rng() if rng is None else rng
+    count = 0
+    rows = max(1, _SIGN_CHUNK // n)
+    for start in range(0, n_permutations, rows):
+        size = min(rows, n_permutations - start)
+        signs = 1.0 - 2.0 * rng.integers(0, 2, size=(size, n), dtype=np.int8)
+        count += int(np.count_nonzero(np.abs(signs @ d) >= threshold))
+    return (count + 1) / (n_permutations + 1)
+
+
+def paired_bootstrap_ci(
+    diffs,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    rng: np.random.Generator | None = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a - b), resampling queries (the pairs stay together)."""
+    return bootstrap_ci(diffs, n_bootstrap, confidence, rng)
+
+
+def compare_rankers(
+    query_metrics: pl.DataFrame,
+    baseline: str | None = None,
+    n_bootstrap: int = 1000,
+    n_permutations: int = 10000,
+    seed: int = 0,
+    adjust: Literal["holm", "bonferroni", "none"] = "holm",
+    confidence: float = 0.95,
+    family: Literal["table", "metric"] = "table",
+) -> pl.DataFrame:
+    """Paired comparison of rankers per (metric, k) on the queries both have: delta = mean of a - b.
+
+    Pairs: with a baseline, every other ranker (by name) as ranker_a against the baseline as ranker_b; without,
+    every unordered pair with ranker_a < ranker_b by name. wins/ties/losses count queries with a > b, |a - b| <=
+    1e-12, a < b (literal values: for share_irrelevant a "win" is worse). p_value from `randomization_test`,
+    p_adjusted over every row of the table (family="table") or within each (metric, k) (family="metric").
+    Each row draws from its own Generator seeded by (seed, ranker_a, ranker_b, metric, k). Pairs without a
+    common query are left out.
+    """
+    require_columns(query_metrics, "query_metrics", ("ranker", "query", "metric", "k", "value"))
+    if family not in ("table", "metric"):
+        raise ValueError(f"family must be 'table' or 'metric', got {family!r}")
+    adjust_p_values([], adjust)  # validate early
+    duplicated = query_metrics.select("ranker", "query", "metric", "k").is_duplicated()
+    if duplicated.any():
+        row = query_metrics.filter(duplicated).row(0, named=True)
+        raise ValueError(
+            f"query_metrics has several rows for {row['ranker']!r}, {row['query']!r}, {row['metric']}@{row['k']}"
+        )
+    rankers = sorted(query_metrics["ranker"].unique().to_list())
+    if baseline is None:
+        pairs = list(itertools.combinations(rankers, 2))
+    elif baseline not in rankers:
+        raise ValueError(f"baseline {baseline!r} is not among the rankers {rankers}")
+    else:
+        pairs = [(r, baseline) for r in rankers if r != baseline]
+
+    groups = (
+        query_metrics.sort("metric", "k", "ranker", "query")
+        .group_by("metric", "k", "ranker", maintain_order=True)
+        .agg(pl.col("query"), pl.col("value"))
+    )
+    scores: dict[tuple[str, int], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for metric, k, ranker, queries, values in groups.iter_rows():
+        scores.setdefault((metric, int(k)), {})[ranker] = (
+            np.asarray(queries, dtype=object),
+            np.asarray(values, dtype=np.float64),
+        )
+
+    out = {name: [] for name in COMPARISONS_SCHEMA if name != "p_adjusted"}
+    for (metric, k), by_ranker in scores.items():
+        for a, b in pairs:
+            if a not in by_ranker or b not in by_ranker:
+                continue
+            (queries_a, values_a), (queries_b, values_b) = by_ranker[a], by_ranker[b]
+            _, index_a, index_b = np.intersect1d(queries_a, queries_b, assume_unique=True, return_indices=True)
+            if index_a.size == 0:
+                continue
+            diffs = values_a[index_a] - values_b[index_b]
+            rng = make_rng(seed, a, b, metric, k)
+            low, high = paired_bootstrap_ci(diffs, n_bootstrap, confidence, rng)
+            row = {
+                "ranker_a": a,
+                "ranker_b": b,
+                "metric": metric,
+                "k": k,
+                "delta": float(diffs.mean()),
+                "ci_low": None if np.isnan(low) else low,
+                "ci_high": None if np.isnan(high) else high,
+                "p_value": randomization_test(diffs, n_permutations, rng),
+                "wins": int(np.count_nonzero(diffs > TIE_TOLERANCE)),
+                "ties": int(np.count_nonzero(np.abs(diffs) <= TIE_TOLERANCE)),
+                "losses": int(np.count_nonzero(diffs < -TIE_TOLERANCE)),
+                "n_queries": int(diffs.size),
+            }
+            for name, value in row.items():
+                out[name].append(value)
+
+    table = pl.DataFrame(out, schema={n: t for n, t in COMPARISONS_SCHEMA.items() if n != "p_adjusted"})
+    p = table["p_value"].to_numpy()
+    if family == "table":
+        adjusted = adjust_p_values(p, adjust)
+    else:
+        adjusted = np.empty_like(p)
+        family_keys = list(zip(table["metric"].to_list(), table["k"].to_list()))
+        for key in set(family_keys):
+            mask = np.array([family_key == key for family_key in family_keys])
+            adjusted[mask] = adjust_p_values(p[mask], adjust)
+    return table.with_columns(pl.Series("p_adjusted", adjusted, dtype=pl.Float64)).select(list(COMPARISONS_SCHEMA))

@@ -1,0 +1,305 @@
+"""Run the metrics of `measures` over a search log and labels: per query, per ranker, per segment."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import polars as pl
+
+from rae_ray.metrics.measures import MEASURES
+
+__all__ = [
+    "QUERY_METRICS_SCHEMA",
+    "RANKER_METRICS_SCHEMA",
+    "SEGMENT_METRICS_SCHEMA",
+    "bootstrap_ci",
+    "query_metrics",
+    "ranker_metrics",
+    "segment_metrics",
+    "traffic_segments",
+    "worst_queries",
+]
+
+QUERY_METRICS_SCHEMA = {
+    "ranker": pl.String,
+    "query": pl.String,
+    "metric": pl.String,
+    "k": pl.Int32,
+    "value": pl.Float64,
+}
+RANKER_METRICS_SCHEMA = {
+    "ranker": pl.String,
+    "metric": pl.String,
+    "k": pl.Int32,
+    "value": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "n_queries": pl.Int64,
+}
+SEGMENT_METRICS_SCHEMA = {
+    "ranker": pl.String,
+    "segment_type": pl.String,
+    "segment": pl.String,
+    "metric": pl.String,
+    "k": pl.Int32,
+    "value": pl.Float64,
+    "n_queries": pl.Int64,
+}
+
+_BOOTSTRAP_CHUNK = 1 << 22  # resampled values held in memory at once
+
+
+def require_columns(df: pl.DataFrame, name: str, columns: Iterable[str]) -> None:
+    """Raise a ValueError naming the table and the columns it lacks."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name} is missing column(s) {missing}; it has {df.columns}")
+
+
+def make_rng(seed: int, *key) -> np.random.Generator:
+    """A Generator seeded by `seed` and a key (e.g. ranker, metric, k), independent of processing order."""
+    return np.random.default_rng([int(seed), zlib.crc32(repr(key).encode())])
+
+
+def _check_ks(ks: Sequence[int]) -> list[int]:
+    ks = [ks] if isinstance(ks, int) else list(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ValueError(f"ks must be positive integers, got {ks!r}")
+    return sorted({int(k) for k in ks})
+
+
+def _check_metrics(metrics: Iterable[str] | None) -> list[str]:
+    names = list(MEASURES) if metrics is None else list(metrics)
+    unknown = [m for m in names if m not in MEASURES]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {list(MEASURES)}")
+    return names
+
+
+def _grade_as_float(grade: pl.Expr) -> pl.Expr:
+    """Grades as float64 with NaN for unlabelled (null or negative)."""
+    g = grade.cast(pl.Float64)
+    return pl.when(g.is_null() | (g < 0)).then(float("nan")).otherwise(g)
+
+
+def query_metrics(
+    run: pl.DataFrame,
+    labels: pl.DataFrame,
+    ks: Sequence[int] = (5, 10),
+    top_grade: int = 2,
+    metrics: Iterable[str] | None = None,
+) -> pl.DataFrame:
+    """One row per (ranker, query, metric, k) with the query's score.
+
+    `run`: ranker, query, rank (1-based), product_id, no nulls; `labels`: query, product_id, grade (null or
+    negative = unlabelled; at most one row per pair). Each ranking is sorted by rank (ties by product_id) and
+    scored by position, so rank gaps do not matter. Returned products without a label have gain 0. The nDCG
+    ideal pool is every labelled product of the query in `labels`, returned or not. Left out: queries with no
+    labelled product in `labels` (nothing to judge them by, as trec_eval skips queries absent from the qrels),
+    rankings that returned nothing, and undefined scores (share_irrelevant and mean_grade when no top-k product
+    is labelled).
+    """
+    require_columns(run, "run", ("ranker", "query", "rank", "product_id"))
+    require_columns(labels, "labels", ("query", "product_id", "grade"))
+    ks = _check_ks(ks)
+    names = _check_metrics(metrics)
+    measures = [MEASURES[m] for m in names]
+
+    labels = labels.select(
+        pl.col("query").cast(pl.String),
+        pl.col("product_id").cast(pl.String),
+        _grade_as_float(pl.col("grade")).alias("grade"),
+    )
+    duplicated = labels.filter(pl.struct("query", "product_id").is_duplicated())
+    if duplicated.height:
+        example = duplicated.row(0, named=True)
+        raise ValueError(
+            f"labels has {duplicated.height} rows for duplicated (query, product_id) pairs, "
+            f"e.g. ({example['query']!r}, {example['product_id']!r}); keep one label per pair"
+        )
+    pool = labels.filter(pl.col("grade").is_not_nan()).sort("query", "grade", descending=[False, True])
+    pool_queries, pool_offsets = _contiguous_groups(pool, ["query"])
+    pool_grades = pool["grade"].to_numpy()
+    pools = {
+        q: pool_grades[start:end]
+        for q, start, end in zip(pool_queries["query"].to_list(), pool_offsets[:-1], pool_offsets[1:])
+    }
+
+    run = run.select(
+        pl.col("ranker").cast(pl.String),
+        pl.col("query").cast(pl.String),
+        pl.col("rank"),
+        pl.col("product_id").cast(pl.String),
+    )
+    nulls = {name: count for name, count in run.null_count().row(0, named=True).items() if count}
+    if nulls:
+        raise ValueError(f"run has null values (count by column: {nulls}); drop and report those rows first")
+    ranked = (
+        run.filter(pl.col("query").is_in(list(pools)))
+        .join(labels, on=["query", "product_id"], how="left")
+        .with_columns(pl.col("grade").fill_null(float("nan")))
+        .sort("ranker", "query", "rank", "product_id")
+    )
+    keys, offsets = _contiguous_groups(ranked, ["ranker", "query"])
+    grades = ranked["grade"].to_numpy()
+
+    out = {name: [] for name in QUERY_METRICS_SCHEMA}
+    for ranker, query, start, end in zip(
+        keys["ranker"].to_list(), keys["query"].to_list(), offsets[:-1], offsets[1:]
+    ):
+        ranking, query_pool = grades[start:end], pools[query]
+        for measure in measures:
+            for k in ks:
+                value = measure(ranking, query_pool, k, top_grade)
+                if not math.isnan(value):
+                    out["ranker"].append(ranker)
+                    out["query"].append(query)
+                    out["metric"].append(measure.name)
+                    out["k"].append(k)
+                    out["value"].append(value)
+    return pl.DataFrame(out, schema=QUERY_METRICS_SCHEMA)
+
+
+def _contiguous_groups(df: pl.DataFrame, by: list[str]) -> tuple[pl.DataFrame, np.ndarray]:
+    """Keys and row offsets of the runs of equal `by` values in a frame sorted by `by`."""
+    if df.height == 0:
+        return df.select(by), np.zeros(1, dtype=np.int64)
+    boundary = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in by])
+    starts = df.select(boundary.fill_null(True).arg_true())[:, 0].to_numpy()
+    return df.select(by)[starts.tolist()], np.append(starts, df.height).astype(np.int64)
+
+
+def bootstrap_ci(
+    values,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    rng: np.random.Generator | None = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (resampling with replacement).
+
+    (nan, nan) for no values or n_bootstrap = 0.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    if values.size == 0 or n_bootstrap == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng() if rng is None else rng
+    n = values.size
+    rows = max(1, _BOOTSTRAP_CHUNK // n)
+    means = np.empty(n_bootstrap)
+    for start in range(0, n_bootstrap, rows):
+        stop = min(n_bootstrap, start + rows)
+        means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def ranker_metrics(
+    query_metrics: pl.DataFrame,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> pl.DataFrame:
+    """Mean over queries per (ranker, metric, k), with a percentile bootstrap interval over queries.
+
+    Each (ranker, metric, k) draws from its own Generator seeded by (seed, ranker, metric, k), so a figure does
+    not depend on the other rows of the table. n_bootstrap = 0 gives null intervals.
+    """
+    require_columns(query_metrics, "query_metrics", ("ranker", "query", "metric", "k", "value"))
+    groups = (
+        query_metrics.sort("ranker", "metric", "k", "query")
+        .group_by("ranker", "metric", "k", maintain_order=True)
+        .agg(pl.col("value"))
+    )
+    out = {name: [] for name in RANKER_METRICS_SCHEMA}
+    for ranker, metric, k, values in groups.iter_rows():
+        values = np.asarray(values, dtype=np.float64)
+        low, high = bootstrap_ci(values, n_bootstrap, confidence, make_rng(seed, ranker, metric, int(k)))
+        out["ranker"].append(ranker)
+        out["metric"].append(metric)
+        out["k"].append(k)
+        out["value"].append(float(values.mean()))
+        out["ci_low"].append(None if math.isnan(low) else low)
+        out["ci_high"].append(None if math.isnan(high) else high)
+        out["n_queries"].append(values.size)
+    return pl.DataFrame(out, schema=RANKER_METRICS_SCHEMA)
+
+
+def segment_metrics(query_metrics: pl.DataFrame, segments: pl.DataFrame) -> pl.DataFrame:
+    """Mean over the queries of each segment, per (ranker, segment_type, segment, metric, k).
+
+    `segments`: query, segment_type, segment; a query may sit in one segment of each type (or several).
+    Queries without a segment are left out.
+    """
+    require_columns(query_metrics, "query_metrics", ("ranker", "query", "metric", "k", "value"))
+    require_columns(segments, "segments", ("query", "segment_type", "segment"))
+    segments = segments.select(
+        pl.col("query").cast(pl.String), pl.col("segment_type").cast(pl.String), pl.col("segment").cast(pl.String)
+    ).unique()
+    return (
+        query_metrics.join(segments, on="query", how="inner")
+        .group_by("ranker", "segment_type", "segment", "metric", "k")
+        .agg(pl.col("value").mean(), pl.len().alias("n_queries"))
+        .sort("ranker", "segment_type", "segment", "metric", "k")
+        .select(pl.col(name).cast(dtype) for name, dtype in SEGMENT_METRICS_SCHEMA.items())
+    )
+
+
+def traffic_segments(query_counts: pl.DataFrame, head: float = 0.2, torso: float = 0.3) -> pl.DataFrame:
+    """Split queries into head / torso / tail by frequency.
+
+    Queries are sorted by query_count descending, ties by query text ascending. Of n queries, the first
+    ceil(head * n) are "head", the next up to ceil((head + torso) * n) are "torso", the rest "tail"; null counts
+    sort last. Repeated rows of a query (e.g. a search log) are fine if they carry the same count.
+    """
+    require_columns(query_counts, "query_counts", ("query", "query_count"))
+    if not (0 <= head <= 1 and 0 <= torso <= 1 and head + torso <= 1):
+        raise ValueError(f"head and torso must be shares in [0, 1] summing to at most 1, got {head}, {torso}")
+    counts = query_counts.select(pl.col("query").cast(pl.String), pl.col("query_count")).unique()
+    repeated = counts.filter(pl.col("query").is_duplicated())
+    if repeated.height:
+        raise ValueError(f"query_counts gives several counts for query {repeated['query'][0]!r}")
+    n = counts.height
+    n_head = math.ceil(round(head * n, 9))
+    n_head_torso = math.ceil(round((head + torso) * n, 9))
+    return (
+        counts.sort(["query_count", "query"], descending=[True, False], nulls_last=True)
+        .with_row_index("position")
+        .select(
+            "query",
+            pl.lit("traffic").alias("segment_type"),
+            pl.when(pl.col("position") < n_head)
+            .then(pl.lit("head"))
+            .when(pl.col("position") < n_head_torso)
+            .then(pl.lit("torso"))
+            .otherwise(pl.lit("tail"))
+            .alias("segment"),
+        )
+    )
+
+
+def worst_queries(
+    query_metrics: pl.DataFrame, metric: str = "share_irrelevant", k: int = 10, n: int = 10
+) -> pl.DataFrame:
+    """The n worst queries of each ranker on one metric@k: highest value when lower is better, else lowest.
+
+    Ties by query text. Columns: ranker, position (1 = worst), query, metric, k, value.
+    """
+    require_columns(query_metrics, "query_metrics", ("ranker", "query", "metric", "k", "value"))
+    if metric not in MEASURES:
+        raise ValueError(f"unknown metric {metric!r}; known: {list(MEASURES)}")
+    worst_first = not MEASURES[metric].higher_is_better
+    return (
+        query_metrics.filter((pl.col("metric") == metric) & (pl.col("k") == k))
+        .sort(["ranker", "value", "query"], descending=[False, worst_first, False])
+        .with_columns((pl.int_range(pl.len()).over("ranker") + 1).cast(pl.Int64).alias("position"))
+        .filter(pl.col("position") <= n)
+        .select("ranker", "position", "query", "metric", pl.col("k").cast(pl.Int32), "value")
+    )
