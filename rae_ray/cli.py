@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sim(argv: list[str]) -> int:
     from rae_ray.sim.__main__ import main as sim_main
 
-    return sim_main(argv)
+    return sim_main(argv, prog="rae-ray sim")
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

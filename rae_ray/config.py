@@ -5,6 +5,7 @@ Each setting is documented once, in its `Field(description=...)`; `rae-ray run -
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -255,7 +256,7 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] = (), source: str = "(dict)") -> RunConfig:
-    data = dict(data or {})
+    data = copy.deepcopy(dict(data or {}))
     for key, value in parse_overrides(list(overrides)):
         _set_dotted(data, key, value)
     try:

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -23,7 +24,7 @@ from rae_ray.inputs import inspect_catalog, inspect_log, log_columns, require_pr
 from rae_ray.io import InputError, RunLayout, Storage, join_uri, resolve_uri
 from rae_ray.llm.client import FatalEndpointError, LLMClient
 from rae_ray.manifest import build_manifest, usage_totals
-from rae_ray.metrics.evaluate import query_metrics, ranker_metrics
+from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA, query_metrics, ranker_metrics
 from rae_ray.sampling import sample_queries
 from rae_ray.stages.annotate import LABEL_COLUMNS, AnnotateStage
 from rae_ray.stages.common import USAGE_COLUMNS, LLMStageConfig
@@ -91,6 +92,13 @@ def _stage_config(config: RunConfig, stage: str, compute: StageComputeConfig) ->
 
 
 def _actor_map(ds, stage_cls, stage_config: LLMStageConfig, compute: StageComputeConfig):
+    with warnings.catch_warnings():
+        # Ray 2.60 flags every extra remote arg as deprecated; max_concurrency is how async actors overlap batches.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+        return _map_actor_batches(ds, stage_cls, stage_config, compute)
+
+
+def _map_actor_batches(ds, stage_cls, stage_config: LLMStageConfig, compute: StageComputeConfig):
     import ray
 
     return ds.map_batches(
@@ -101,9 +109,11 @@ def _actor_map(ds, stage_cls, stage_config: LLMStageConfig, compute: StageComput
         compute=ray.data.ActorPoolStrategy(
             min_size=compute.min_actors,
             max_size=compute.max_actors,
-            max_tasks_in_flight_per_actor=compute.max_concurrent_batches,
+            # Queue more batches than run at once, so the pool sees demand and scales up.
+            max_tasks_in_flight_per_actor=2 * compute.max_concurrent_batches,
         ),
         num_cpus=compute.num_cpus,
+        # Async actor: this many batches overlap, their requests gathered under the client's semaphore.
         max_concurrency=compute.max_concurrent_batches,
     )
 
@@ -127,12 +137,14 @@ def preflight(config: RunConfig) -> None:
     asyncio.run(check())
 
 
-def _to_polars(ds) -> pl.DataFrame:
+def _to_polars(ds, schema: dict | None = None) -> pl.DataFrame:
     """A small, aggregated dataset to the driver (never the log: only per-query or per-ranker tables)."""
     import ray
 
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    return pl.from_arrow(pa.concat_tables(tables, promote_options="default")) if tables else pl.DataFrame()
+    if tables:
+        return pl.from_arrow(pa.concat_tables(tables, promote_options="default"))
+    return pl.DataFrame(schema=schema)
 
 
 def per_query_metrics(group: pa.Table, ks: list[int], top_grade: int) -> pa.Table:
@@ -186,7 +198,7 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
     t = time.monotonic()
     log_fs, _ = storage.fs(log_infos[0].uri)
     files = [f for info in log_infos for f in info.files]
-    checked = ray.data.read_parquet(files, filesystem=log_fs, columns=columns).map_batches(
+    checked = ray.data.read_parquet(files, filesystem=log_fs).select_columns(columns).map_batches(
         check_log_rows, batch_format="pyarrow"
     ).materialize()
     counts = {"pairs_in_log": checked.count()}
@@ -216,8 +228,8 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
     # Unique (query, product) pairs across all rankers, with product fields.
     if catalog_info is not None:
         catalog_fs, _ = storage.fs(catalog_info.uri)
-        catalog = ray.data.read_parquet(
-            catalog_info.files, filesystem=catalog_fs, columns=catalog_info.columns
+        catalog = ray.data.read_parquet(catalog_info.files, filesystem=catalog_fs).select_columns(
+            catalog_info.columns
         ).map_batches(normalize_products, batch_format="pyarrow", fn_kwargs={"mark_catalog": True})
         with_products = selected.select_columns(["query", "ranker", "rank", "product_id"] + [
             c for c in ("query_count", "locale") if c in columns
@@ -277,7 +289,8 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
         graded.groupby("query", num_partitions=parts).map_groups(
             per_query_metrics, batch_format="pyarrow",
             fn_kwargs={"ks": config.metrics.ks, "top_grade": config.scale.top_grade},
-        )
+        ),
+        schema=QUERY_METRICS_SCHEMA,
     )
     by_ranker = ranker_metrics(by_query, n_bootstrap=config.metrics.bootstrap, seed=config.metrics.seed)
     storage.write_table(join_uri(layout.metrics, "rankers.parquet"), by_ranker.to_arrow())

@@ -184,7 +184,9 @@ class LLMClient:
 
     def _describe(self, error: Exception) -> str:
         if isinstance(error, openai.APIStatusError):
-            text = f"HTTP {error.status_code}: {error.message}"
+            body = error.body if isinstance(error.body, dict) else {}
+            detail = body.get("error", body).get("message") if isinstance(body.get("error", body), dict) else None
+            text = f"HTTP {error.status_code}: {detail or error.message}"
         elif isinstance(error, openai.APITimeoutError):
             text = f"timeout after {self.endpoint.timeout_s:g}s"
         elif isinstance(error, openai.APIConnectionError):

@@ -40,7 +40,7 @@ def product_for_prompt(row: dict) -> dict:
 class AnnotateStage:
     """Actor for `map_batches`: pairs with their guideline -> one label row per pair, with usage."""
 
-    required_columns = ("query", "product_id", "product_hash", "guideline_id", "guideline", "guideline_error")
+    required_columns = ("query", "product_id", "product_hash", "pair_error", "guideline_id", "guideline", "guideline_error")
 
     def __init__(self, config: LLMStageConfig):
         self.config = config
@@ -57,7 +57,7 @@ class AnnotateStage:
         model = self.config.model
         calls = []
         for row in rows:
-            if row["guideline"] is None:
+            if row["pair_error"] is not None or row["guideline"] is None:
                 calls.append(None)
                 continue
             messages = annotation_messages(
@@ -74,7 +74,7 @@ class AnnotateStage:
         for row, result in zip(rows, results):
             if result is None:
                 grades.append(None)
-                errors.append(f"no guideline for this query: {row['guideline_error'] or 'unknown reason'}")
+                errors.append(row["pair_error"] or f"no guideline for this query: {row['guideline_error'] or 'unknown reason'}")
             else:
                 grades.append(result.value.grade if result.value else None)
                 errors.append(result.error)

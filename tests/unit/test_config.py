@@ -1,0 +1,83 @@
+import pytest
+
+from rae_ray.config import ConfigError, config_from_dict, load_config, redacted
+
+MINIMAL = {
+    "input": {"log": "sample:search_log.parquet"},
+    "llm": {
+        "endpoints": {"default": {"base_url": "http://127.0.0.1:9/v1"}},
+        "guidelines": {"model": "g"},
+        "annotate": {"model": "a"},
+    },
+}
+
+
+def test_defaults_are_the_papers():
+    config = config_from_dict(MINIMAL)
+    assert config.k == 10
+    assert [g.grade for g in config.scale.grades] == [2, 1, 0]
+    assert config.scale.top_grade == 2
+    assert config.sampling.mode == "all"
+
+
+def test_unknown_key_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="input.logg"):
+        config_from_dict({**MINIMAL, "input": {"log": "x", "logg": "y"}})
+
+
+def test_set_overrides_nested_keys_with_yaml_values():
+    config = config_from_dict(MINIMAL, ["k=5", "sampling.mode=stratified", "sampling.n_queries=7", "rankers=[a, b]"])
+    assert config.k == 5 and config.sampling.n_queries == 7 and config.rankers == ["a", "b"]
+
+
+def test_bad_values_fail_with_their_path():
+    with pytest.raises(ConfigError, match="k"):
+        config_from_dict(MINIMAL, ["k=0"])
+    with pytest.raises(ConfigError, match="n_queries is required"):
+        config_from_dict(MINIMAL, ["sampling.mode=stratified"])
+    with pytest.raises(ConfigError, match="not in llm.endpoints"):
+        config_from_dict(MINIMAL, ["llm.annotate.endpoint=other"])
+    with pytest.raises(ConfigError, match="key=value"):
+        config_from_dict(MINIMAL, ["k"])
+
+
+def test_scale_must_be_distinct():
+    with pytest.raises(ConfigError, match="distinct"):
+        config_from_dict({**MINIMAL, "scale": {"grades": [
+            {"grade": 1, "name": "a", "description": ""}, {"grade": 1, "name": "b", "description": ""}]}})
+
+
+def test_api_key_comes_from_the_environment_and_never_into_the_dump(monkeypatch):
+    config = config_from_dict(MINIMAL)
+    endpoint = config.llm.endpoint_for("annotate")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY is not set"):
+        endpoint.api_key()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-very-secret-123456")
+    assert endpoint.api_key().get_secret_value() == "sk-test-very-secret-123456"
+    assert "very-secret" not in str(redacted(config))
+    assert "very-secret" not in repr(endpoint.api_key())
+
+
+def test_load_config_reports_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    top = tmp_path / "list.yaml"
+    top.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(top)
+
+
+def test_shipped_configs_load(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    configs = sorted((Path(__file__).parents[2] / "jobs" / "configs").glob("*.yaml"))
+    assert configs, "jobs/configs holds no config"
+    for path in configs:
+        config = load_config(path)
+        assert config.llm.annotate.model
