@@ -139,10 +139,15 @@ class LLMConfig(_Model):
     endpoints: dict[str, EndpointConfig] = Field(description="Named endpoints; stages refer to them by name.")
     guidelines: StageModelConfig = Field(description="Model writing the per-query guidelines.")
     annotate: StageModelConfig = Field(description="Model judging each (query, product) pair.")
+    captions: StageModelConfig | None = Field(
+        default=None, description="Vision model describing product images (images.mode: caption)."
+    )
 
     @model_validator(mode="after")
     def _endpoints_exist(self) -> LLMConfig:
-        for stage in ("guidelines", "annotate"):
+        for stage in ("guidelines", "annotate", "captions"):
+            if getattr(self, stage) is None:
+                continue
             name = getattr(self, stage).endpoint
             if name not in self.endpoints:
                 raise ValueError(f"llm.{stage}.endpoint '{name}' is not in llm.endpoints ({sorted(self.endpoints)})")
@@ -176,6 +181,8 @@ class ComputeConfig(_Model):
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray started by the job.")
     shuffle_partitions: int = Field(default=8, ge=1, description="Partitions of the hash shuffles (dedup, joins).")
     guidelines: StageComputeConfig = Field(default_factory=lambda: StageComputeConfig(batch_size=16))
+    images: StageComputeConfig = Field(default_factory=lambda: StageComputeConfig(batch_size=16))
+    captions: StageComputeConfig = Field(default_factory=lambda: StageComputeConfig(batch_size=16))
     annotate: StageComputeConfig = Field(default_factory=StageComputeConfig)
 
 
@@ -186,7 +193,15 @@ class OutputConfig(_Model):
 class MetricsConfig(_Model):
     ks: list[int] = Field(default_factory=lambda: [5, 10], description="Cut-offs of the metrics.")
     bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for confidence intervals.")
+    permutations: int = Field(default=10000, ge=100, description="Sign flips of the paired randomization test.")
     seed: int = Field(default=0, description="Seed of bootstrap and permutation tests.")
+    baseline: str | None = Field(
+        default=None, description="Compare each ranker with this one; None compares every pair of rankers."
+    )
+    adjust: Literal["holm", "bonferroni", "none"] = Field(
+        default="holm", description="Multiple-comparison adjustment of the comparison p-values."
+    )
+    worst_n: int = Field(default=10, ge=1, description="Worst queries (and largest regressions) listed per ranker.")
 
     @field_validator("ks")
     @classmethod
@@ -202,6 +217,31 @@ class Price(_Model):
     output_per_1m: float = Field(ge=0, description="USD per 1M completion tokens.")
 
 
+class ImageConfig(_Model):
+    mode: Literal["text", "caption", "direct"] = Field(
+        default="text",
+        description="text: no images; caption: a vision model describes each image, the text goes to the judge; "
+        "direct: the judge sees the image itself.",
+    )
+    max_bytes: int = Field(default=10_000_000, ge=1, description="Largest image download, bytes.")
+    max_pixels: int = Field(default=40_000_000, ge=1, description="Largest decoded image, pixels (bomb guard).")
+    max_side: int = Field(default=768, ge=16, description="Images are resized so the longer side is at most this.")
+    jpeg_quality: int = Field(default=85, ge=10, le=100)
+    timeout_s: float = Field(default=15.0, gt=0, description="Per-image fetch timeout, seconds.")
+    max_redirects: int = Field(default=3, ge=0, le=10)
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts fetched even if they resolve to loopback/private addresses (e.g. a test image server).",
+    )
+
+
+class StorageConfig(_Model):
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint; default AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL or AWS."
+    )
+    s3_region: str | None = Field(default=None, description="S3 region; default AWS_REGION or us-east-1.")
+
+
 class RunConfig(_Model):
     run_id: str | None = Field(default=None, description="Run folder name; default run-<UTC timestamp>.")
     input: InputConfig
@@ -211,9 +251,17 @@ class RunConfig(_Model):
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
     llm: LLMConfig
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    images: ImageConfig = Field(default_factory=ImageConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     pricing: dict[str, Price] = Field(default_factory=dict, description="Price per model name.")
+
+    @model_validator(mode="after")
+    def _captions_model(self) -> RunConfig:
+        if self.images.mode == "caption" and self.llm.captions is None:
+            raise ValueError("images.mode 'caption' needs llm.captions (the vision model)")
+        return self
 
     @field_validator("run_id")
     @classmethod

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Dummy credentials for moto (and so nothing ever probes a cloud metadata address); set before Ray starts.
+for _name, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                      ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_REGION", "us-east-1")):
+    os.environ[_name] = _value
 
 from rae_ray.io import sample_dir  # noqa: E402
 
@@ -20,8 +24,38 @@ def chorus() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A real local Ray (2 CPUs, no dashboard), shared by every integration test."""
+def s3_server():
+    """moto's S3 server on 127.0.0.1 over real HTTP; boto3, pyarrow and polars all talk to it.
+
+    Its endpoint goes into AWS_ENDPOINT_URL_S3 before Ray starts, so Ray workers inherit it.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket per test: returns its name."""
+    import re
+    import uuid
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """A real local Ray (2 CPUs, no dashboard), shared by every integration test; started after the S3 server."""
     import ray
 
     if not ray.is_initialized():
