@@ -89,16 +89,40 @@ def cmd_sim(argv: list[str]) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from rae_ray.offline import parse_grade_map, run_metrics
+    from rae_ray.config import HumanLabelsConfig
+    from rae_ray.offline import agreement_lines, comparison_lines, parse_grade_map, run_metrics
     from rae_ray.table import ranker_table
 
-    ks = [int(k) for k in args.ks.split(",")]
+    try:
+        ks = [int(k) for k in args.ks.split(",")]
+    except ValueError:
+        raise InputError(f"--ks: {args.ks!r} is not a comma-separated list of integers") from None
+    human = None
+    if args.human:
+        human = HumanLabelsConfig(
+            uri=args.human, column=args.human_column,
+            rater_columns=[c.strip() for c in args.rater_columns.split(",") if c.strip()] if args.rater_columns else [],
+            grade_map=parse_grade_map(args.human_grade_map if args.human_grade_map is not None else args.grade_map),
+        )
+    elif args.rater_columns:
+        raise InputError("--rater-columns needs --human FILE")
     result = run_metrics(
         args.log, args.labels, args.label_column, parse_grade_map(args.grade_map), args.out, ks=ks,
-        n_bootstrap=args.bootstrap, seed=args.seed,
+        n_bootstrap=args.bootstrap, seed=args.seed, n_permutations=args.permutations, baseline=args.baseline,
+        adjust=args.adjust, worst_n=args.worst_n, human=human, catalog_uri=args.catalog,
     )
-    print(ranker_table(result.rankers, max(ks)))
-    print(f"metrics: {result.root}/metrics/rankers.parquet")
+    k = max(ks)
+    print(ranker_table(result.rankers, k))
+    evaluation = result.evaluation
+    print()
+    print("\n".join(comparison_lines(evaluation.comparisons, k)))
+    if evaluation.agreement is not None:
+        print()
+        print("\n".join(agreement_lines(evaluation.agreement.summary, evaluation.agreement.system)))
+    print()
+    print(f"metrics: {result.root}/metrics/rankers.parquet, comparisons.parquet")
+    print(f"review queue: {evaluation.review_queue.height} pairs in {result.root}/review/queue.csv")
+    print(f"report: {result.report}")
     return 0
 
 
@@ -118,15 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sim", help="the simulated OpenAI-compatible endpoint (see `rae-ray sim --help`)", add_help=False)
 
-    metrics = sub.add_parser("metrics", help="metrics from any labels (human or LLM) and a search log")
+    metrics = sub.add_parser("metrics", help="metrics, comparisons, agreement and report from any labels and a log")
     metrics.add_argument("--log", required=True, help="search log (Parquet file or folder, local or s3://)")
     metrics.add_argument("--labels", required=True, help="labels (Parquet or CSV) with query, product_id, COL")
     metrics.add_argument("--label-column", default="grade", help="column holding the label")
     metrics.add_argument("--grade-map", help="LABEL=GRADE,... mapping labels onto grades, e.g. 3=2,2=1,1=1,0=0")
     metrics.add_argument("--ks", default="5,10", help="cut-offs, comma separated")
     metrics.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    metrics.add_argument("--permutations", type=int, default=10000, help="sign flips of the randomization test")
     metrics.add_argument("--seed", type=int, default=0)
-    metrics.add_argument("--out", required=True, help="output folder; writes OUT/metrics/*.parquet")
+    metrics.add_argument("--baseline", help="compare every ranker with this one (default: every pair)")
+    metrics.add_argument("--adjust", choices=["holm", "bonferroni", "none"], default="holm",
+                         help="multiple-comparison adjustment of p-values")
+    metrics.add_argument("--worst-n", type=int, default=10, help="worst queries and regressions listed per ranker")
+    metrics.add_argument("--catalog", help="product catalog (product_id, title) for titles in the report")
+    metrics.add_argument("--human", help="human labels (Parquet or CSV) for the agreement section")
+    metrics.add_argument("--human-column", default="label", help="column of --human compared with the labels")
+    metrics.add_argument("--human-grade-map", help="LABEL=GRADE,... for --human (default: --grade-map)")
+    metrics.add_argument("--rater-columns", help="columns of individual raters in --human, comma separated")
+    metrics.add_argument("--out", required=True, help="output folder; writes OUT/metrics, agreement, review, trec, report.html")
     metrics.set_defaults(func=cmd_metrics)
     return parser
 

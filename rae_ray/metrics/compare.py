@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import zlib
 from typing import Literal
 
 import numpy as np
 import polars as pl
 
-from rae_ray.metrics.evaluate import bootstrap_ci, make_rng, require_columns
+from rae_ray.metrics.evaluate import make_rng, require_columns
 
 __all__ = [
     "COMPARISONS_SCHEMA",
     "adjust_p_values",
     "bonferroni",
+    "bootstrap_intervals",
     "compare_rankers",
     "holm",
     "paired_bootstrap_ci",
+    "randomization_p_values",
     "randomization_test",
 ]
 
@@ -74,6 +77,44 @@ def adjust_p_values(p_values, method: Literal["holm", "bonferroni", "none"] = "h
     raise ValueError(f"adjust must be 'holm', 'bonferroni' or 'none', got {method!r}")
 
 
+def randomization_p_values(
+    diffs, n_permutations: int = 10000, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """`randomization_test` of every column of an (n queries x m) matrix of differences, one p-value per column.
+
+    The columns share the same sign patterns (one draw for all of them), which is what makes comparing many
+    metrics of one ranker pair cheap: the test statistic is one matrix product per chunk of patterns.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.ndim != 2:
+        raise ValueError(f"diffs must be an (n, m) matrix, got shape {d.shape}")
+    n, m = d.shape
+    if n == 0:
+        return np.full(m, np.nan)
+    if n_permutations < 1:
+        raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
+    total = d.sum(axis=0)
+    observed = np.abs(total)
+    threshold = observed - 1e-12 * np.maximum(observed, np.abs(d).sum(axis=0))
+    count = np.zeros(m, dtype=np.int64)
+    rows = max(1, _SIGN_CHUNK // n)
+    # A pattern's flipped set F gives sum = total - 2 * sum(d[F]); bits are 1 where a difference is flipped.
+    if n < 63 and 2**n <= n_permutations:
+        for start in range(0, 2**n, rows):
+            patterns = np.arange(start, min(2**n, start + rows), dtype=np.int64)
+            bits = ((patterns[:, None] >> np.arange(n)) & 1).astype(np.float64)
+            count += np.count_nonzero(np.abs(total - 2.0 * (bits @ d)) >= threshold, axis=0)
+        return count / 2**n
+    rng = np.random.default_rng() if rng is None else rng
+    width = (n + 7) // 8
+    for start in range(0, n_permutations, rows):
+        size = min(rows, n_permutations - start)
+        packed = rng.integers(0, 256, size=(size, width), dtype=np.uint8)
+        bits = np.unpackbits(packed, axis=1, count=n).astype(np.float64)
+        count += np.count_nonzero(np.abs(total - 2.0 * (bits @ d)) >= threshold, axis=0)
+    return (count + 1) / (n_permutations + 1)
+
+
 def randomization_test(diffs, n_permutations: int = 10000, rng: np.random.Generator | None = None) -> float:
     """Two-sided paired randomization test of mean(diffs) = 0 by random sign flips of the per-query differences.
 
@@ -82,28 +123,41 @@ def randomization_test(diffs, n_permutations: int = 10000, rng: np.random.Genera
     patterns give p = (count + 1) / (n_permutations + 1). NaN for no differences; 1.0 when all are 0.
     """
     d = np.asarray(diffs, dtype=np.float64).reshape(-1)
-    n = d.size
-    if n == 0:
-        return float("nan")
-    if n_permutations < 1:
-        raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
-    observed = abs(d.sum())
-    threshold = observed - 1e-12 * max(observed, np.abs(d).sum())
-    if n < 63 and 2**n <= n_permutations:
-        count = 0
-        for start in range(0, 2**n, max(1, _SIGN_CHUNK // n)):
-            patterns = np.arange(start, min(2**n, start + max(1, _SIGN_CHUNK // n)), dtype=np.int64)
-            signs = 1.0 - 2.0 * ((patterns[:, None] >> np.arange(n)) & 1)
-            count += int(np.count_nonzero(np.abs(signs @ d) >= threshold))
-        return count / 2**n
+    return float(randomization_p_values(d[:, None], n_permutations, rng)[0])
+
+
+def bootstrap_intervals(
+    values,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap intervals of the mean of every column of an (n x m) matrix, resampling rows.
+
+    The columns share the resampled rows (a paired bootstrap across columns); means come from resample counts
+    times the matrix. NaN bounds for no rows or n_bootstrap = 0.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"values must be an (n, m) matrix, got shape {v.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    n, m = v.shape
+    if n == 0 or n_bootstrap == 0:
+        return np.full(m, np.nan), np.full(m, np.nan)
     rng = np.random.default_rng() if rng is None else rng
-    count = 0
+    means = np.empty((n_bootstrap, m))
     rows = max(1, _SIGN_CHUNK // n)
-    for start in range(0, n_permutations, rows):
-        size = min(rows, n_permutations - start)
-        signs = 1.0 - 2.0 * rng.integers(0, 2, size=(size, n), dtype=np.int8)
-        count += int(np.count_nonzero(np.abs(signs @ d) >= threshold))
-    return (count + 1) / (n_permutations + 1)
+    for start in range(0, n_bootstrap, rows):
+        size = min(rows, n_bootstrap - start)
+        picks = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
+        counts = np.bincount(picks.reshape(-1), minlength=size * n).reshape(size, n).astype(np.float64)
+        means[start : start + size] = counts @ v / n
+    alpha = 1.0 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)
+    return low, high
 
 
 def paired_bootstrap_ci(
@@ -113,7 +167,9 @@ def paired_bootstrap_ci(
     rng: np.random.Generator | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of mean(a - b), resampling queries (the pairs stay together)."""
-    return bootstrap_ci(diffs, n_bootstrap, confidence, rng)
+    d = np.asarray(diffs, dtype=np.float64).reshape(-1)
+    low, high = bootstrap_intervals(d[:, None], n_bootstrap, confidence, rng)
+    return float(low[0]), float(high[0])
 
 
 def compare_rankers(
@@ -132,8 +188,10 @@ def compare_rankers(
     every unordered pair with ranker_a < ranker_b by name. wins/ties/losses count queries with a > b, |a - b| <=
     1e-12, a < b (literal values: for share_irrelevant a "win" is worse). p_value from `randomization_test`,
     p_adjusted over every row of the table (family="table") or within each (metric, k) (family="metric").
-    Each row draws from its own Generator seeded by (seed, ranker_a, ranker_b, metric, k). Pairs without a
-    common query are left out.
+    The rows of one ranker pair that cover the same queries share their bootstrap resamples and sign patterns,
+    drawn from Generators seeded by (seed, ranker_a, ranker_b, the query set), so a row's figures do not depend
+    on which other rows are in the table, and many metrics cost about as much as one. Pairs without a common
+    query are left out.
     """
     require_columns(query_metrics, "query_metrics", ("ranker", "query", "metric", "k", "value"))
     if family not in ("table", "metric"):
@@ -165,34 +223,48 @@ def compare_rankers(
             np.asarray(values, dtype=np.float64),
         )
 
-    out = {name: [] for name in COMPARISONS_SCHEMA if name != "p_adjusted"}
+    # Rows of one ranker pair over the same queries form one (queries x rows) matrix of differences, tested at once.
+    blocks: dict[tuple[str, str, bytes], dict] = {}
     for (metric, k), by_ranker in scores.items():
         for a, b in pairs:
             if a not in by_ranker or b not in by_ranker:
                 continue
             (queries_a, values_a), (queries_b, values_b) = by_ranker[a], by_ranker[b]
-            _, index_a, index_b = np.intersect1d(queries_a, queries_b, assume_unique=True, return_indices=True)
+            common, index_a, index_b = np.intersect1d(queries_a, queries_b, assume_unique=True, return_indices=True)
             if index_a.size == 0:
                 continue
-            diffs = values_a[index_a] - values_b[index_b]
-            rng = make_rng(seed, a, b, metric, k)
-            low, high = paired_bootstrap_ci(diffs, n_bootstrap, confidence, rng)
-            row = {
+            key = (a, b, "\x1f".join(common.tolist()).encode())
+            block = blocks.setdefault(key, {"n": common.size, "rows": [], "diffs": []})
+            block["rows"].append((metric, k))
+            block["diffs"].append(values_a[index_a] - values_b[index_b])
+
+    results = []
+    for (a, b, queries_key), block in blocks.items():
+        diffs = np.column_stack(block["diffs"])
+        fingerprint = (block["n"], zlib.crc32(queries_key))
+        low, high = bootstrap_intervals(
+            diffs, n_bootstrap, confidence, make_rng(seed, a, b, "bootstrap", *fingerprint)
+        )
+        p_values = randomization_p_values(diffs, n_permutations, make_rng(seed, a, b, "permutation", *fingerprint))
+        for column, (metric, k) in enumerate(block["rows"]):
+            d = diffs[:, column]
+            results.append({
                 "ranker_a": a,
                 "ranker_b": b,
                 "metric": metric,
                 "k": k,
-                "delta": float(diffs.mean()),
-                "ci_low": None if np.isnan(low) else low,
-                "ci_high": None if np.isnan(high) else high,
-                "p_value": randomization_test(diffs, n_permutations, rng),
-                "wins": int(np.count_nonzero(diffs > TIE_TOLERANCE)),
-                "ties": int(np.count_nonzero(np.abs(diffs) <= TIE_TOLERANCE)),
-                "losses": int(np.count_nonzero(diffs < -TIE_TOLERANCE)),
-                "n_queries": int(diffs.size),
-            }
-            for name, value in row.items():
-                out[name].append(value)
+                "delta": float(d.mean()),
+                "ci_low": None if np.isnan(low[column]) else float(low[column]),
+                "ci_high": None if np.isnan(high[column]) else float(high[column]),
+                "p_value": float(p_values[column]),
+                "wins": int(np.count_nonzero(d > TIE_TOLERANCE)),
+                "ties": int(np.count_nonzero(np.abs(d) <= TIE_TOLERANCE)),
+                "losses": int(np.count_nonzero(d < -TIE_TOLERANCE)),
+                "n_queries": int(d.size),
+            })
+    order = {pair: i for i, pair in enumerate(pairs)}
+    results.sort(key=lambda row: (row["metric"], row["k"], order[(row["ranker_a"], row["ranker_b"])]))
+    out = {name: [row[name] for row in results] for name in COMPARISONS_SCHEMA if name != "p_adjusted"}
 
     table = pl.DataFrame(out, schema={n: t for n, t in COMPARISONS_SCHEMA.items() if n != "p_adjusted"})
     p = table["p_value"].to_numpy()

@@ -286,19 +286,32 @@ def traffic_segments(query_counts: pl.DataFrame, head: float = 0.2, torso: float
 
 
 def worst_queries(
-    query_metrics: pl.DataFrame, metric: str = "share_irrelevant", k: int = 10, n: int = 10
+    query_metrics: pl.DataFrame,
+    metric: str = "share_irrelevant",
+    k: int = 10,
+    n: int = 10,
+    tie_metric: str | None = None,
 ) -> pl.DataFrame:
     """The n worst queries of each ranker on one metric@k: highest value when lower is better, else lowest.
 
-    Ties by query text. Columns: ranker, position (1 = worst), query, metric, k, value.
+    Ties by `tie_metric`@k when given (worst first; a query without it sorts last), then by query text.
+    Columns: ranker, position (1 = worst), query, metric, k, value.
     """
     require_columns(query_metrics, "query_metrics", ("ranker", "query", "metric", "k", "value"))
-    if metric not in MEASURES:
-        raise ValueError(f"unknown metric {metric!r}; known: {list(MEASURES)}")
+    for name in (metric, tie_metric):
+        if name is not None and name not in MEASURES:
+            raise ValueError(f"unknown metric {name!r}; known: {list(MEASURES)}")
     worst_first = not MEASURES[metric].higher_is_better
+    table = query_metrics.filter((pl.col("metric") == metric) & (pl.col("k") == k))
+    by, descending = ["ranker", "value"], [False, worst_first]
+    if tie_metric is not None:
+        tie = query_metrics.filter((pl.col("metric") == tie_metric) & (pl.col("k") == k)).select(
+            "ranker", "query", pl.col("value").alias("_tie")
+        )
+        table = table.join(tie, on=["ranker", "query"], how="left")
+        by, descending = by + ["_tie"], descending + [not MEASURES[tie_metric].higher_is_better]
     return (
-        query_metrics.filter((pl.col("metric") == metric) & (pl.col("k") == k))
-        .sort(["ranker", "value", "query"], descending=[False, worst_first, False])
+        table.sort(by + ["query"], descending=descending + [False], nulls_last=True)
         .with_columns((pl.int_range(pl.len()).over("ranker") + 1).cast(pl.Int64).alias("position"))
         .filter(pl.col("position") <= n)
         .select("ranker", "position", "query", "metric", pl.col("k").cast(pl.Int32), "value")

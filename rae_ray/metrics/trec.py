@@ -10,7 +10,7 @@ import polars as pl
 
 from rae_ray.metrics.evaluate import require_columns
 
-__all__ = ["query_id", "query_ids", "write_qrels", "write_run"]
+__all__ = ["qrels_text", "query_id", "query_ids", "run_text", "write_qrels", "write_run"]
 
 
 def query_id(query: str) -> str:
@@ -35,18 +35,8 @@ def _check_doc_ids(product_ids: pl.Series) -> None:
         raise ValueError(f"product_id {bad[0]!r} is empty or has whitespace; TREC files cannot hold it")
 
 
-def write_qrels(
-    labels: pl.DataFrame,
-    path: str | Path,
-    gains: Mapping[int, int] | None = None,
-    mapping_path: str | Path | None = None,
-) -> pl.DataFrame:
-    """Write "query_id 0 doc_id grade" lines for the labelled pairs (null or negative grades are skipped).
-
-    `gains` maps grades to the relevance written (e.g. {0: 0, 1: 1, 2: 3} so that trec_eval's ndcg, which uses
-    the relevance as gain, matches our 2**g - 1). The query id table is written as Parquet to mapping_path
-    (default: path with suffix ".queries.parquet") and returned.
-    """
+def qrels_text(labels: pl.DataFrame, gains: Mapping[int, int] | None = None) -> tuple[str, pl.DataFrame]:
+    """("query_id 0 doc_id grade" lines of the labelled pairs, the query id table); see `write_qrels`."""
     require_columns(labels, "labels", ("query", "product_id", "grade"))
     rows = (
         labels.select(
@@ -62,18 +52,30 @@ def write_qrels(
     lines = rows.join(mapping, on="query", how="left", maintain_order="left").select(
         pl.format("{} 0 {} {}", "query_id", "product_id", "grade")
     )
+    return "".join(line + "\n" for line in lines.to_series().to_list()), mapping
+
+
+def write_qrels(
+    labels: pl.DataFrame,
+    path: str | Path,
+    gains: Mapping[int, int] | None = None,
+    mapping_path: str | Path | None = None,
+) -> pl.DataFrame:
+    """Write "query_id 0 doc_id grade" lines for the labelled pairs (null or negative grades are skipped).
+
+    `gains` maps grades to the relevance written (e.g. {0: 0, 1: 1, 2: 3} so that trec_eval's ndcg, which uses
+    the relevance as gain, matches our 2**g - 1). The query id table is written as Parquet to mapping_path
+    (default: path with suffix ".queries.parquet") and returned.
+    """
+    text, mapping = qrels_text(labels, gains)
     path = Path(path)
-    path.write_text("".join(line + "\n" for line in lines.to_series().to_list()))
+    path.write_text(text)
     mapping.write_parquet(Path(mapping_path) if mapping_path is not None else path.with_suffix(".queries.parquet"))
     return mapping
 
 
-def write_run(run: pl.DataFrame, path: str | Path, ranker: str, tag: str | None = None) -> None:
-    """Write one ranker's rankings as "query_id Q0 doc_id rank score tag" lines.
-
-    Rankings are sorted by rank (ties by product_id) and renumbered 1..n; score = n + 1 - rank, so the order
-    survives tools that sort by score. tag defaults to the ranker name with whitespace replaced by "_".
-    """
+def run_text(run: pl.DataFrame, ranker: str, tag: str | None = None) -> str:
+    """One ranker's "query_id Q0 doc_id rank score tag" lines; see `write_run`."""
     require_columns(run, "run", ("ranker", "query", "rank", "product_id"))
     rows = (
         run.filter(pl.col("ranker") == ranker)
@@ -93,4 +95,13 @@ def write_run(run: pl.DataFrame, path: str | Path, ranker: str, tag: str | None 
         .with_columns((pl.col("n") + 1 - pl.col("position")).alias("score"))
         .select(pl.format("{} Q0 {} {} {} {}", "query_id", "product_id", "position", "score", pl.lit(tag)))
     )
-    Path(path).write_text("".join(line + "\n" for line in lines.to_series().to_list()))
+    return "".join(line + "\n" for line in lines.to_series().to_list())
+
+
+def write_run(run: pl.DataFrame, path: str | Path, ranker: str, tag: str | None = None) -> None:
+    """Write one ranker's rankings as "query_id Q0 doc_id rank score tag" lines.
+
+    Rankings are sorted by rank (ties by product_id) and renumbered 1..n; score = n + 1 - rank, so the order
+    survives tools that sort by score. tag defaults to the ranker name with whitespace replaced by "_".
+    """
+    Path(path).write_text(run_text(run, ranker, tag))

@@ -8,9 +8,11 @@ from scipy import stats
 from rae_ray.metrics.compare import (
     COMPARISONS_SCHEMA,
     bonferroni,
+    bootstrap_intervals,
     compare_rankers,
     holm,
     paired_bootstrap_ci,
+    randomization_p_values,
     randomization_test,
 )
 from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA
@@ -131,3 +133,28 @@ def test_chorus_rankers_ordered_and_significant(chorus_query_metrics):
         assert row["ci_low"] <= row["delta"] <= row["ci_high"] and (row["ci_low"] > 0 or row["ci_high"] < 0)
         assert row["wins"] + row["ties"] + row["losses"] == row["n_queries"] == 135
     assert table.equals(compare_rankers(chorus_query_metrics))  # seeded
+
+
+@pytest.mark.parametrize("n", [9, 40])  # exact enumeration, Monte Carlo
+def test_matrix_tests_equal_column_by_column(n):
+    diffs = np.random.default_rng(n).normal(0.05, 0.3, size=(n, 3)).round(2)
+    p = randomization_p_values(diffs, n_permutations=2000, rng=np.random.default_rng(7))
+    for j in range(3):  # the columns share sign patterns: the same draws as testing each alone
+        assert p[j] == randomization_test(diffs[:, j], n_permutations=2000, rng=np.random.default_rng(7))
+    low, high = bootstrap_intervals(diffs, n_bootstrap=300, rng=np.random.default_rng(3))
+    for j in range(3):
+        alone = paired_bootstrap_ci(diffs[:, j], n_bootstrap=300, rng=np.random.default_rng(3))
+        assert (low[j], high[j]) == pytest.approx(alone, rel=1e-12)  # same resamples; BLAS may sum in another order
+
+
+def test_a_row_does_not_depend_on_the_other_rows(chorus_query_metrics):
+    from polars.testing import assert_frame_equal
+
+    columns = ["ranker_a", "ranker_b", "metric", "k", "delta", "ci_low", "ci_high", "p_value", "wins", "n_queries"]
+    full = compare_rankers(chorus_query_metrics, n_bootstrap=200, n_permutations=2000)
+    alone = compare_rankers(
+        chorus_query_metrics.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10)), n_bootstrap=200,
+        n_permutations=2000,
+    )
+    in_full = full.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10)).select(columns)
+    assert_frame_equal(in_full, alone.select(columns), check_exact=False, rel_tol=1e-12, abs_tol=1e-15)
