@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 
 from rae_ray.inputs import PRODUCT_COLUMNS
+from rae_ray.llm.client import CallResult
 from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, annotation_messages
 from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, RelevanceJudgement
 from rae_ray.stages.common import LLMStageConfig, gather_calls, make_client, missing_columns, usage_columns
@@ -14,10 +15,22 @@ from rae_ray.stages.common import LLMStageConfig, gather_calls, make_client, mis
 # Longer product text is cut before it reaches a prompt (a 1 MB title must not become a 1 MB request).
 MAX_FIELD_CHARS = {"title": 500, "brand": 200, "category": 300, "description": 2000, "attributes": 2000}
 
+# Input columns handed through unchanged (the label store's key).
+PASSTHROUGH = ("label_key",)
+
 LABEL_COLUMNS = [
     "query", "product_id", "product_hash", "grade", "label", "reasoning", "model", "prompt_version",
-    "guideline_id", "caption_id", "cache_hit", "error",
+    "guideline_id", "caption_id", "image_id", "image_status", "cache_hit", "error",
 ]
+# image_status of a label: "none" (text mode, or the product has no image_url), "ok" (the judge saw the caption
+# or the image), else why not and the pair was judged on text alone: a fetch status of `rae_ray.images`
+# (missing, refused, too_large, not_image, timeout, error), "caption_failed" (caption mode: the vision call
+# failed) or "image_rejected" (direct mode: the endpoint refused the image; judged again without it).
+NO_IMAGE = "none"
+CAPTION_FAILED = "caption_failed"
+IMAGE_REJECTED = "image_rejected"
+# Errors of a call with an image that a call without it may not hit (the image was refused, not the endpoint down).
+_IMAGE_REFUSAL = ("HTTP 400", "HTTP 413", "HTTP 415", "HTTP 422")
 
 
 def product_for_prompt(row: dict) -> dict:
@@ -38,7 +51,12 @@ def product_for_prompt(row: dict) -> dict:
 
 
 class AnnotateStage:
-    """Actor for `map_batches`: pairs with their guideline -> one label row per pair, with usage."""
+    """Actor for `map_batches`: pairs with their guideline -> one label row per pair, with usage.
+
+    Optional image inputs, joined onto the pairs by `image_url`: `caption` (JSON text) with `caption_id` and
+    `image_status` (caption mode: the description goes into the prompt), or `image_data_url` with `image_status`
+    (direct mode: the request carries the image). Without them the pair is judged on its text (text mode).
+    """
 
     required_columns = ("query", "product_id", "product_hash", "pair_error", "guideline_id", "guideline", "guideline_error")
 
@@ -51,25 +69,55 @@ class AnnotateStage:
         if judgement.grade not in self.names:
             raise ValueError(f"grade {judgement.grade} is not on the scale {sorted(self.names)}")
 
+    def _image_inputs(self, row: dict) -> tuple[dict | None, str | None, str]:
+        """(caption, image data URL, image_status) of one pair; no optional image columns means text mode."""
+        caption_mode, direct_mode = "caption" in row, "image_data_url" in row and "caption" not in row
+        if not (caption_mode or direct_mode) or ("image_url" in row and not row["image_url"]):
+            return None, None, NO_IMAGE
+        status = row.get("image_status") or "error"  # an image_url that reached no image row: a wiring fault
+        if status != "ok":
+            return None, None, status
+        if caption_mode:
+            try:
+                return json.loads(row["caption"]), None, "ok"
+            except (TypeError, json.JSONDecodeError):
+                return None, None, CAPTION_FAILED
+        return (None, row["image_data_url"], "ok") if row["image_data_url"] else (None, None, "error")
+
+    def _call(self, row: dict, guideline: dict, caption: dict | None, data_url: str | None):
+        model = self.config.model
+        messages = annotation_messages(
+            row["query"], guideline, self.config.scale, product_for_prompt(row), caption=caption, image_data_url=data_url
+        )
+        return self.client.structured(
+            messages, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model.model, model.temperature,
+            model.max_output_tokens, check=self._check,
+        )
+
     async def __call__(self, batch: pa.Table) -> pa.Table:
         missing_columns(batch, self.required_columns, "AnnotateStage")
         rows = batch.to_pylist()
         model = self.config.model
-        calls = []
+        calls, statuses, images = [], [], []
         for row in rows:
+            caption, data_url, status = self._image_inputs(row)
+            statuses.append(status)
+            images.append(data_url)
             if row["pair_error"] is not None or row["guideline"] is None:
                 calls.append(None)
                 continue
-            messages = annotation_messages(
-                row["query"], json.loads(row["guideline"]), self.config.scale, product_for_prompt(row)
-            )
-            calls.append(
-                self.client.structured(
-                    messages, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model.model, model.temperature,
-                    model.max_output_tokens, check=self._check,
-                )
-            )
+            calls.append(self._call(row, json.loads(row["guideline"]), caption, data_url))
         results = await gather_calls(calls)
+        # Direct mode: an image the endpoint refuses must not cost the label: judge that pair on text alone.
+        retry = [
+            i for i, r in enumerate(results)
+            if r is not None and r.value is None and images[i] and (r.error or "").startswith(_IMAGE_REFUSAL)
+        ]
+        if retry:
+            again = await gather_calls([self._call(rows[i], json.loads(rows[i]["guideline"]), None, None) for i in retry])
+            for i, result in zip(retry, again):
+                _add_usage(result, results[i])
+                results[i], statuses[i] = result, IMAGE_REJECTED
         grades, errors = [], []
         for row, result in zip(rows, results):
             if result is None:
@@ -79,6 +127,8 @@ class AnnotateStage:
                 grades.append(result.value.grade if result.value else None)
                 errors.append(result.error)
         n = len(rows)
+        caption_ids = [r.get("caption_id") if s == "ok" else None for r, s in zip(rows, statuses)]
+        image_ids = [r.get("image_id") if s == "ok" else None for r, s in zip(rows, statuses)]
         return pa.table(
             {
                 "query": batch.column("query"),
@@ -90,9 +140,20 @@ class AnnotateStage:
                 "model": pa.array([model.model] * n, pa.string()),
                 "prompt_version": pa.array([ANNOTATION_PROMPT_VERSION] * n, pa.string()),
                 "guideline_id": batch.column("guideline_id"),
-                "caption_id": pa.nulls(n, pa.string()),
+                "caption_id": pa.array(caption_ids, pa.string()),
+                "image_id": pa.array(image_ids, pa.string()),
+                "image_status": pa.array(statuses, pa.string()),
                 "cache_hit": pa.array([False] * n, pa.bool_()),
                 "error": pa.array(errors, pa.string()),
                 **usage_columns(results),
             }
         )
+
+
+def _add_usage(result: CallResult, earlier: CallResult) -> None:
+    """Fold the usage of an earlier, failed call into `result` (both were paid for)."""
+    result.calls += earlier.calls
+    result.prompt_tokens += earlier.prompt_tokens
+    result.completion_tokens += earlier.completion_tokens
+    result.cached_tokens += earlier.cached_tokens
+    result.seconds += earlier.seconds
