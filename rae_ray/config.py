@@ -115,6 +115,11 @@ class EndpointConfig(_Model):
     json_schema: bool = Field(
         default=True, description="Send response_format json_schema; false for servers without it."
     )
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute allowed per model, cluster-wide.")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute allowed per model, cluster-wide.")
+    max_in_flight: int | None = Field(
+        default=None, ge=1, description="Requests in flight at once, cluster-wide (split evenly over a stage's actors)."
+    )
 
     def api_key(self) -> SecretStr:
         value = os.environ.get(self.api_key_env)
@@ -190,6 +195,13 @@ class OutputConfig(_Model):
     uri: str = Field(default="./rae-output", description="Folder or s3:// prefix; a run writes OUT=uri/run_id.")
 
 
+class StoreConfig(_Model):
+    enabled: bool = Field(default=True, description="Reuse guidelines and labels of earlier runs, and add new ones.")
+    uri: str | None = Field(
+        default=None, description="Label store folder or s3:// prefix; default <output.uri>/_store (beside the runs)."
+    )
+
+
 class MetricsConfig(_Model):
     ks: list[int] = Field(default_factory=lambda: [5, 10], description="Cut-offs of the metrics.")
     bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for confidence intervals.")
@@ -253,9 +265,13 @@ class RunConfig(_Model):
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     images: ImageConfig = Field(default_factory=ImageConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     pricing: dict[str, Price] = Field(default_factory=dict, description="Price per model name.")
+    max_cost_usd: float | None = Field(
+        default=None, gt=0, description="Stop sending calls once this much is spent (needs pricing); the run ends cleanly."
+    )
 
     @model_validator(mode="after")
     def _captions_model(self) -> RunConfig:

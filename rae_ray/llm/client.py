@@ -19,7 +19,8 @@ from typing import Any
 import openai
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from rae_ray.config import EndpointConfig
+from rae_ray.config import EndpointConfig, Price
+from rae_ray.llm.ratelimit import RateBudget
 from rae_ray.llm.schemas import response_format
 
 _KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+)")
@@ -75,6 +76,23 @@ def parse_json_reply(text: str | None) -> Any:
         return json.loads(cleaned[start : end + 1])
 
 
+def estimate_tokens(messages: list[dict[str, Any]], max_output_tokens: int) -> int:
+    """A call's tokens before sending it: ~4 characters a token, 255 an image, plus a typical reply."""
+    chars = 0
+    images = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        else:
+            for part in content or []:
+                if part.get("type") == "text":
+                    chars += len(part.get("text", ""))
+                else:
+                    images += 1
+    return chars // 4 + 255 * images + min(max_output_tokens, 300)
+
+
 def _retry_after(error: openai.APIStatusError) -> float | None:
     headers = getattr(error.response, "headers", None) or {}
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
@@ -90,13 +108,25 @@ def _retry_after(error: openai.APIStatusError) -> float | None:
 class LLMClient:
     """`AsyncOpenAI` with this project's retry, parse and accounting rules; one per actor."""
 
-    def __init__(self, endpoint: EndpointConfig, api_key: SecretStr, max_concurrent: int = 32):
+    def __init__(self, endpoint: EndpointConfig, api_key: SecretStr, max_concurrent: int = 32,
+                 budget: RateBudget | None = None, price: Price | None = None):
         self.endpoint = endpoint
         self._secret = api_key.get_secret_value()
         self._client = openai.AsyncOpenAI(
             api_key=self._secret, base_url=endpoint.base_url, max_retries=0, timeout=endpoint.timeout_s
         )
         self._semaphore = asyncio.Semaphore(max_concurrent)
+        self._budget = budget
+        self._price = price
+
+    def _cost(self, usage: Any) -> float:
+        if self._price is None or usage is None:
+            return 0.0
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
+        prompt = (usage.prompt_tokens or 0) - cached
+        return (prompt * self._price.input_per_1m + cached * self._price.cached_input_per_1m
+                + (usage.completion_tokens or 0) * self._price.output_per_1m) / 1e6
 
     def _backoff(self, attempt: int) -> float:
         base = min(self.endpoint.backoff_max_s, self.endpoint.backoff_base_s * 2**attempt)
@@ -122,6 +152,12 @@ class LLMClient:
         if self.endpoint.json_schema:
             kwargs["response_format"] = response_format(output, schema_name)
         while True:
+            estimate = estimate_tokens(messages, max_output_tokens)
+            if self._budget is not None:
+                stop = await self._budget.acquire(estimate)
+                if stop is not None:
+                    result.error = f"not sent: {stop}"
+                    break
             try:
                 async with self._semaphore:
                     result.calls += 1
@@ -146,6 +182,9 @@ class LLMClient:
                 result.error = self._describe(error)
                 break
             result.add_usage(response.usage)
+            if self._budget is not None:
+                used = (response.usage.total_tokens or 0) if response.usage else estimate
+                self._budget.report(estimate, used, self._cost(response.usage))
             content = response.choices[0].message.content if response.choices else None
             try:
                 value = output.model_validate(parse_json_reply(content))

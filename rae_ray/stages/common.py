@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Sequence
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from rae_ray.config import EndpointConfig, StageModelConfig
+from rae_ray.config import EndpointConfig, Price, StageModelConfig
 from rae_ray.llm.client import CallResult, LLMClient
+from rae_ray.llm.ratelimit import RateBudget
 
 USAGE_COLUMNS = ("llm_calls", "prompt_tokens", "completion_tokens", "cached_tokens", "seconds")
 
@@ -24,6 +25,14 @@ class LLMStageConfig(BaseModel):
     model: StageModelConfig
     scale: list[dict]
     max_concurrent_requests: int = 32
+    budget_actor: str | None = None
+    budget_namespace: str = "rae-ray"
+    price: Price | None = None
+
+    @property
+    def limit_key(self) -> str:
+        """What a rate limit applies to: one model on one endpoint."""
+        return f"{self.endpoint.base_url}|{self.model.model}"
 
 
 def missing_columns(batch: pa.Table, required: Sequence[str], stage: str) -> None:
@@ -33,7 +42,10 @@ def missing_columns(batch: pa.Table, required: Sequence[str], stage: str) -> Non
 
 
 def make_client(config: LLMStageConfig) -> LLMClient:
-    return LLMClient(config.endpoint, config.api_key, config.max_concurrent_requests)
+    budget = None
+    if config.budget_actor is not None:
+        budget = RateBudget(config.budget_actor, config.budget_namespace, config.limit_key)
+    return LLMClient(config.endpoint, config.api_key, config.max_concurrent_requests, budget=budget, price=config.price)
 
 
 async def gather_calls(calls: Sequence[Awaitable[CallResult] | None]) -> list[CallResult | None]:
