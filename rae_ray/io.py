@@ -121,6 +121,15 @@ class Storage:
         with fs.open_input_stream(path) as stream:
             return stream.read()
 
+    def delete_folder(self, uri: str) -> None:
+        fs, path = self.fs(uri)
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif is_s3(uri):  # S3 "folders" are prefixes: delete what is under it
+            for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+                if info.type == pafs.FileType.File:
+                    fs.delete_file(info.path)
+
     def exists(self, uri: str) -> bool:
         fs, path = self.fs(uri)
         return fs.get_file_info(path).type != pafs.FileType.NotFound
@@ -137,6 +146,29 @@ class Storage:
         fs, _ = self.fs(uri)
         files = self.parquet_files(uri)
         return pa.concat_tables([pq.read_table(f, filesystem=fs, columns=columns) for f in files]) if files else None
+
+
+def atomic_parquet_sink(uri: str, storage: Storage, prefix: str):
+    """A datasink writing every block as `<prefix>-<uuid>.parquet` under `uri` via `Storage.write_table`."""
+    from ray.data.block import BlockAccessor
+    from ray.data.datasource.datasink import Datasink
+
+    class _Sink(Datasink):
+        def write(self, blocks, ctx) -> list[str]:
+            written = []
+            for block in blocks:
+                table = BlockAccessor.for_block(block).to_arrow()
+                if table.num_rows == 0:
+                    continue
+                name = f"{prefix}-{uuid.uuid4().hex}.parquet"
+                storage.write_table(join_uri(uri, name), table)
+                written.append(name)
+            return written
+
+        def get_name(self) -> str:
+            return "AtomicParquet"
+
+    return _Sink()
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rae_ray.config import RunConfig, redacted
-from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION
+from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, CAPTION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION
 
-STAGES = ("guidelines", "annotate")
+STAGES = ("guidelines", "captions", "annotate")
 
 
 def usage_totals(ds) -> dict[str, int | float]:
@@ -59,16 +59,19 @@ def versions() -> dict[str, str]:
     return {
         "rae_ray": __version__, "ray": ray.__version__, "pyarrow": pyarrow.__version__, "polars": polars.__version__,
         "openai": openai.__version__, "python": platform.python_version(),
-        "prompts": {"guidelines": GUIDELINE_PROMPT_VERSION, "annotate": ANNOTATION_PROMPT_VERSION},
+        "prompts": {"guidelines": GUIDELINE_PROMPT_VERSION, "captions": CAPTION_PROMPT_VERSION,
+                    "annotate": ANNOTATION_PROMPT_VERSION},
     }
 
 
 def build_manifest(
     *, config: RunConfig, run_id: str, root: str, started_at: datetime, counts: dict[str, int],
     stage_usage: dict[str, dict[str, Any]], error_counts: dict[str, int], seconds: dict[str, float],
-    rankers: list[str], status: str,
+    rankers: list[str], status: str, store: str | None = None, extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    costs = {stage: stage_cost(config, stage, stage_usage[stage]) for stage in STAGES}
+    """Counts by stage cover every stage of this run (captions only when images.mode is caption)."""
+    stages = [s for s in STAGES if s in stage_usage]
+    costs = {stage: stage_cost(config, stage, stage_usage[stage]) for stage in stages}
     known = [c for c in costs.values() if c is not None]
     return {
         "run_id": run_id,
@@ -77,13 +80,15 @@ def build_manifest(
         "started_at": started_at.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "rankers": rankers,
+        "label_store": store,
         **counts,
-        "llm_calls": {s: stage_usage[s]["llm_calls"] for s in STAGES},
-        "cache_hits": {s: stage_usage[s]["cache_hits"] for s in STAGES},
-        "errors": {s: error_counts.get(s, 0) for s in ("input", *STAGES)},
+        "llm_calls": {s: stage_usage[s]["llm_calls"] for s in stages},
+        "cache_hits": {s: stage_usage[s]["cache_hits"] for s in stages},
+        "errors": {s: error_counts.get(s, 0) for s in ("input", *(["images"] if extra else []), *stages)},
         "tokens": {
-            s: {k: stage_usage[s][f"{k}_tokens"] for k in ("prompt", "completion", "cached")} for s in STAGES
+            s: {k: stage_usage[s][f"{k}_tokens"] for k in ("prompt", "completion", "cached")} for s in stages
         },
+        **(extra or {}),
         "cost_usd": {**{s: (round(c, 6) if c is not None else None) for s, c in costs.items()},
                      "total": round(sum(known), 6) if known else None},
         "seconds": {k: round(v, 3) for k, v in seconds.items()},

@@ -1,6 +1,9 @@
 """The Ray Data wiring of the job: log -> sample -> unique pairs -> guidelines -> annotate -> labels -> metrics.
 
-This module only composes: transforms live in `stages/`, metric definitions in `metrics/`, bytes in `io`.
+This module only composes: transforms live in `stages/`, metric definitions in `metrics/`, bytes in `io` and
+`labelstore`. Every LLM stage runs the same way (`_cached_stage`): look the keys up in the label store, send
+only the misses to an actor pool, publish each finished batch to the store as it completes (so a killed run
+resumes from there), and union hits and new results.
 """
 
 from __future__ import annotations
@@ -18,19 +21,27 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from rae_ray import __version__
 from rae_ray.config import RunConfig, StageComputeConfig
-from rae_ray.inputs import inspect_catalog, inspect_log, log_columns, require_product_title
-from rae_ray.io import InputError, RunLayout, Storage, join_uri, resolve_uri
+from rae_ray.inputs import TableInfo, inspect_catalog, inspect_log, log_columns, require_product_title
+from rae_ray.io import InputError, RunLayout, Storage, atomic_parquet_sink, join_uri, resolve_uri, s3_endpoint
+from rae_ray.labelstore import LabelStore, add_label_keys, publish_shard
 from rae_ray.llm.client import FatalEndpointError, LLMClient
+from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION
 from rae_ray.manifest import build_manifest, usage_totals
-from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA, query_metrics, ranker_metrics
+from rae_ray.evaluation import LABEL_SCHEMA, RUN_SCHEMA, load_human_labels, locale_segments
+from rae_ray.evaluation import evaluate as evaluate_run
+from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA, query_metrics
+from rae_ray.report import write_report
 from rae_ray.sampling import sample_queries
-from rae_ray.stages.annotate import LABEL_COLUMNS, AnnotateStage
+from rae_ray.llm.ratelimit import budget_actor_class
+from rae_ray.stages.annotate import NO_IMAGE, AnnotateStage
+from rae_ray.stages.captions import CAPTION_COLUMNS, CaptionStage, add_caption_ids
+from rae_ray.stages.images import ImageStage, ImageStageConfig
 from rae_ray.stages.common import USAGE_COLUMNS, LLMStageConfig
 from rae_ray.stages.guidelines import GuidelineStage
 from rae_ray.stages.prepare import (
     ERROR_SCHEMA,
+    add_guideline_ids,
     check_log_rows,
     error_records,
     invalid_rows,
@@ -42,6 +53,41 @@ from rae_ray.stages.prepare import (
 
 logger = logging.getLogger("rae_ray")
 
+STORED_PREFIX = "stored_"
+# Rows per label-store shard: a killed run loses at most the results not yet in a shard.
+PUBLISH_BATCH_ROWS = 512
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How one LLM stage meets the label store: its key, the columns stored, the columns it outputs."""
+
+    name: str
+    store_kind: str
+    key: str
+    stored: dict[str, pa.DataType]
+    output: list[str]
+
+
+GUIDELINE_SPEC = StageSpec(
+    name="guidelines", store_kind="guidelines", key="guideline_id",
+    stored={"guideline": pa.string(), "model": pa.string(), "prompt_version": pa.string()},
+    output=["query", "guideline_id", "guideline", "model", "prompt_version", "cache_hit", "error", *USAGE_COLUMNS],
+)
+LABEL_SPEC = StageSpec(
+    name="annotate", store_kind="labels", key="label_key",
+    stored={"grade": pa.int16(), "label": pa.string(), "reasoning": pa.string(), "model": pa.string(),
+            "prompt_version": pa.string()},
+    output=["query", "product_id", "product_hash", "label_key", "grade", "label", "reasoning", "model",
+            "prompt_version", "guideline_id", "caption_id", "image_id", "image_status", "cache_hit", "error",
+            *USAGE_COLUMNS],
+)
+CAPTION_SPEC = StageSpec(
+    name="captions", store_kind="captions", key="caption_id",
+    stored={"caption": pa.string(), "model": pa.string(), "prompt_version": pa.string()},
+    output=[*CAPTION_COLUMNS, *USAGE_COLUMNS],
+)
+
 
 @dataclass
 class RunResult:
@@ -51,6 +97,27 @@ class RunResult:
     manifest: dict[str, Any]
     rankers: pl.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    """The state of one run that every step reads: config, where things go, and what was measured."""
+
+    config: RunConfig
+    storage: Storage
+    run_id: str
+    layout: RunLayout
+    store: LabelStore | None
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def parts(self) -> int:
+        return self.config.compute.shuffle_partitions
+
+    def timed(self, name: str, started: float) -> float:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
+        return self.seconds[name]
 
 
 def progress(message: str) -> None:
@@ -77,45 +144,88 @@ def ensure_ray(config: RunConfig) -> None:
         log_to_driver=True,
         logging_level=logging.WARNING,
     )
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
 
 
-def _stage_config(config: RunConfig, stage: str, compute: StageComputeConfig) -> LLMStageConfig:
+def _stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, budget_actor: str | None) -> LLMStageConfig:
+    endpoint = config.llm.endpoint_for(stage)
+    model = getattr(config.llm, stage)
+    in_flight = compute.max_concurrent_requests
+    if endpoint.max_in_flight is not None:  # the endpoint's cluster-wide limit, split over the stage's actors
+        in_flight = max(1, min(in_flight, endpoint.max_in_flight // compute.max_actors))
     return LLMStageConfig(
-        endpoint=config.llm.endpoint_for(stage),
-        api_key=config.llm.endpoint_for(stage).api_key(),
-        model=getattr(config.llm, stage),
+        endpoint=endpoint,
+        api_key=endpoint.api_key(),
+        model=model,
         scale=config.scale.as_dicts(),
-        max_concurrent_requests=compute.max_concurrent_requests,
+        max_concurrent_requests=in_flight,
+        budget_actor=budget_actor,
+        price=config.pricing.get(model.model),
     )
 
 
-def _actor_map(ds, stage_cls, stage_config: LLMStageConfig, compute: StageComputeConfig):
+def llm_stages(config: RunConfig) -> list[str]:
+    return ["guidelines", *(["captions"] if config.images.mode == "caption" else []), "annotate"]
+
+
+def start_budget(config: RunConfig, run_id: str):
+    """The run's budget actor (rate limits per endpoint and model, cost guard): (name, handle).
+
+    The driver must keep the handle: a named actor that is not detached dies with its last handle.
+    """
+    import uuid
+
+    limits = {}
+    for stage in llm_stages(config):
+        endpoint, model = config.llm.endpoint_for(stage), getattr(config.llm, stage).model
+        limits[f"{endpoint.base_url}|{model}"] = {"rpm": endpoint.rpm, "tpm": endpoint.tpm}
+    name = f"rae-ray-budget-{run_id}-{uuid.uuid4().hex[:8]}"
+    handle = budget_actor_class().options(name=name, namespace="rae-ray").remote(limits, config.max_cost_usd)
+    return name, handle
+
+
+class KeyedStage:
+    """Runs an LLM stage and hands the store key of each input row through to its output row.
+
+    The key is the label store's business, not the stage's; stages keep their rows in input order.
+    """
+
+    def __init__(self, stage_cls, key: str, config: LLMStageConfig):
+        self.stage = stage_cls(config)
+        self.key = key
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        out = await self.stage(batch)
+        if self.key in batch.column_names and self.key not in out.column_names:
+            out = out.append_column(self.key, batch.column(self.key))
+        return out
+
+
+def _actor_map(ds, stage_cls, stage_config, compute: StageComputeConfig, key: str | None = None):
+    import ray
+
+    if key is not None:
+        fn, kwargs = KeyedStage, {"stage_cls": stage_cls, "key": key, "config": stage_config}
+    else:
+        fn, kwargs = stage_cls, {"config": stage_config}
     with warnings.catch_warnings():
         # Ray 2.60 flags every extra remote arg as deprecated; max_concurrency is how async actors overlap batches.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-        return _map_actor_batches(ds, stage_cls, stage_config, compute)
-
-
-def _map_actor_batches(ds, stage_cls, stage_config: LLMStageConfig, compute: StageComputeConfig):
-    import ray
-
-    return ds.map_batches(
-        stage_cls,
-        fn_constructor_kwargs={"config": stage_config},
-        batch_format="pyarrow",
-        batch_size=compute.batch_size,
-        compute=ray.data.ActorPoolStrategy(
-            min_size=compute.min_actors,
-            max_size=compute.max_actors,
-            # Queue more batches than run at once, so the pool sees demand and scales up.
-            max_tasks_in_flight_per_actor=2 * compute.max_concurrent_batches,
-        ),
-        num_cpus=compute.num_cpus,
-        # Async actor: this many batches overlap, their requests gathered under the client's semaphore.
-        max_concurrency=compute.max_concurrent_batches,
-    )
+        return ds.map_batches(
+            fn,
+            fn_constructor_kwargs=kwargs,
+            batch_format="pyarrow",
+            batch_size=compute.batch_size,
+            compute=ray.data.ActorPoolStrategy(
+                min_size=compute.min_actors,
+                max_size=compute.max_actors,
+                # Queue more batches than run at once, so the pool sees demand and scales up.
+                max_tasks_in_flight_per_actor=2 * compute.max_concurrent_batches,
+            ),
+            num_cpus=compute.num_cpus,
+            # Async actor: this many batches overlap, their requests gathered under the client's semaphore.
+            max_concurrency=compute.max_concurrent_batches,
+        )
 
 
 def preflight(config: RunConfig) -> None:
@@ -123,7 +233,9 @@ def preflight(config: RunConfig) -> None:
 
     async def check() -> None:
         seen = set()
-        for stage in ("guidelines", "annotate"):
+        for stage in ("guidelines", "annotate", "captions"):
+            if getattr(config.llm, stage) is None:
+                continue
             endpoint = config.llm.endpoint_for(stage)
             if endpoint.base_url in seen:
                 continue
@@ -148,67 +260,128 @@ def _to_polars(ds, schema: dict | None = None) -> pl.DataFrame:
 
 
 def per_query_metrics(group: pa.Table, ks: list[int], top_grade: int) -> pa.Table:
-    """One query's ranked lists with their grades -> that query's metric rows."""
+    """One query's ranked lists with their grades -> that query's metric rows.
+
+    The ideal pool of nDCG is every product of the query judged in this run (the union of the rankers' top k).
+    """
     frame = pl.from_arrow(group)
     run = frame.select("ranker", "query", "rank", "product_id")
     labels = frame.select("query", "product_id", "grade").unique(subset=["query", "product_id"])
     return query_metrics(run, labels, ks=ks, top_grade=top_grade).to_arrow()
 
 
-def _write_dataset(ds, uri: str, storage: Storage) -> None:
-    fs, path = storage.fs(uri)
-    ds.write_parquet(path, filesystem=fs)
+def hits_as_output(batch: pa.Table, spec_output: list[str], stored: dict[str, pa.DataType]) -> pa.Table:
+    """Rows answered by the store, in the stage's output layout (cache_hit true, no calls, no tokens)."""
+    n = batch.num_rows
+    columns = {}
+    for name in spec_output:
+        if name in stored:
+            columns[name] = batch.column(STORED_PREFIX + name).cast(stored[name])
+        elif name == "cache_hit":
+            columns[name] = pa.array([True] * n, pa.bool_())
+        elif name == "error":
+            columns[name] = pa.nulls(n, pa.string())
+        elif name in USAGE_COLUMNS:
+            columns[name] = pa.array([0] * n, pa.float64() if name == "seconds" else pa.int64())
+        elif name in batch.column_names:
+            columns[name] = batch.column(name)
+        elif name == "image_status":
+            columns[name] = pa.array([NO_IMAGE] * n, pa.string())
+        else:
+            columns[name] = pa.nulls(n, pa.string())
+    return pa.table(columns)
 
 
-def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
-    """Run the whole job; returns where it wrote and what it measured."""
+def conform(batch: pa.Table, spec_output: list[str]) -> pa.Table:
+    """A stage's own output in the spec's column order and the same types as `hits_as_output`."""
+    n = batch.num_rows
+    columns = {}
+    for name in spec_output:
+        column = batch.column(name) if name in batch.column_names else pa.nulls(n, pa.string())
+        if name in USAGE_COLUMNS:
+            column = column.cast(pa.float64() if name == "seconds" else pa.int64())
+        columns[name] = column
+    return pa.table(columns)
+
+
+def _cached_stage(job: Job, ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig,
+                  compute: StageComputeConfig, prepare_misses=None):
+    """Store lookup -> actor pool on the misses (published to the store batch by batch) -> hits + new results."""
+    from ray.data.expressions import col
+
+    if job.store is None:
+        misses = ds
+        hits = None
+    else:
+        looked = job.store.lookup(ds, spec.store_kind, spec.key, spec.stored, STORED_PREFIX, job.parts).materialize()
+        first_stored = STORED_PREFIX + next(iter(spec.stored))
+        hits = looked.filter(expr=col(first_stored).is_not_null()).map_batches(
+            hits_as_output, batch_format="pyarrow", fn_kwargs={"spec_output": spec.output, "stored": spec.stored}
+        )
+        misses = looked.filter(expr=col(first_stored).is_null()).drop_columns(
+            [STORED_PREFIX + name for name in spec.stored]
+        )
+    if prepare_misses is not None:
+        misses = prepare_misses(misses)
+    new = _actor_map(misses, stage_cls, stage_config, compute, spec.key).map_batches(
+        conform, batch_format="pyarrow", fn_kwargs={"spec_output": spec.output}
+    )
+    if job.store is not None:
+        new = new.map_batches(
+            publish_shard, batch_format="pyarrow", batch_size=PUBLISH_BATCH_ROWS,
+            fn_kwargs={"uri": job.store.folder(spec.store_kind), "storage": job.storage, "run_id": job.run_id},
+        )
+    return (new if hits is None else hits.union(new)).materialize()
+
+
+def _write(job: Job, ds, uri: str, prefix: str) -> None:
+    ds.write_datasink(atomic_parquet_sink(uri, job.storage, prefix))
+
+
+# -- steps ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    log: list[TableInfo]
+    catalog: TableInfo | None
+    columns: list[str]
+
+
+def validate(job: Job) -> Inputs:
+    """Metadata only, before any LLM call: columns, types, non-empty, endpoints reachable, keys present."""
+    config, storage = job.config, job.storage
+    log = inspect_log(config.input.log_uris, storage)
+    catalog = inspect_catalog(config.input.catalog, storage) if config.input.catalog else None
+    if catalog is None:
+        require_product_title(log)
+    columns = log_columns(log, with_catalog=catalog is not None)
+    if config.sampling.mode == "stratified" and "query_count" not in columns:
+        raise InputError("sampling.mode is 'stratified' but the search log has no query_count column")
+    preflight(config)
+    progress(f"inputs valid: {sum(i.num_rows for i in log)} log rows in {sum(len(i.files) for i in log)} file(s)"
+             + (f", catalog {catalog.num_rows} products" if catalog else ", product columns from the log"))
+    return Inputs(log=log, catalog=catalog, columns=columns)
+
+
+def read_log(job: Job, inputs: Inputs):
+    """The log, read once and row-checked; returns (checked rows, selected rows at rank <= k, segments)."""
     import ray
     from ray.data.expressions import col
 
-    started = time.monotonic()
-    started_at = datetime.now(timezone.utc)
-    seconds: dict[str, float] = {}
-    storage = storage or Storage()
-    run_id = config.run_id or default_run_id()
-    layout = RunLayout(join_uri(resolve_uri(config.output.uri), run_id))
-
-    # Validate: metadata only, before any LLM call.
-    t = time.monotonic()
-    log_infos = inspect_log(config.input.log_uris, storage)
-    catalog_info = inspect_catalog(config.input.catalog, storage) if config.input.catalog else None
-    if catalog_info is None:
-        require_product_title(log_infos)
-    columns = log_columns(log_infos, with_catalog=catalog_info is not None)
-    if config.sampling.mode == "stratified" and "query_count" not in columns:
-        raise InputError("sampling.mode is 'stratified' but the search log has no query_count column")
-    stage_configs = {
-        "guidelines": _stage_config(config, "guidelines", config.compute.guidelines),
-        "annotate": _stage_config(config, "annotate", config.compute.annotate),
-    }
-    preflight(config)
-    seconds["validate"] = time.monotonic() - t
-    progress(f"inputs valid: {sum(i.num_rows for i in log_infos)} log rows in {sum(len(i.files) for i in log_infos)} file(s)"
-             + (f", catalog {catalog_info.num_rows} products" if catalog_info else ", product columns from the log"))
-    progress(f"output: {layout.root}")
-
-    ensure_ray(config)
-    parts = config.compute.shuffle_partitions
-
-    # Retrieve: read the log once, check every row.
-    t = time.monotonic()
-    log_fs, _ = storage.fs(log_infos[0].uri)
-    files = [f for info in log_infos for f in info.files]
-    checked = ray.data.read_parquet(files, filesystem=log_fs).select_columns(columns).map_batches(
+    config = job.config
+    log_fs, _ = job.storage.fs(inputs.log[0].uri)
+    files = [f for info in inputs.log for f in info.files]
+    checked = ray.data.read_parquet(files, filesystem=log_fs).select_columns(inputs.columns).map_batches(
         check_log_rows, batch_format="pyarrow"
     ).materialize()
-    counts = {"pairs_in_log": checked.count()}
-    invalid = checked.map_batches(invalid_rows, batch_format="pyarrow")
+    job.counts["pairs_in_log"] = checked.count()
 
     queries_filter = None
     segments = None
-    if "query_count" in columns:
+    if "query_count" in inputs.columns:
         query_counts = _to_polars(
-            checked.filter(expr=col("input_error").is_null()).groupby("query").max("query_count")
+            checked.filter(expr=col("input_error").is_null()).groupby("query", num_partitions=job.parts).max("query_count")
         ).rename({"max(query_count)": "query_count"})
         chosen = sample_queries(query_counts, config.sampling)
         segments = chosen.select("query", pl.lit("traffic").alias("segment_type"), pl.col("stratum").alias("segment"))
@@ -220,94 +393,320 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
         select_rows, batch_format="pyarrow",
         fn_kwargs={"rankers": config.rankers, "k": config.k, "queries": queries_filter},
     ).materialize()
-    counts["rows_selected"] = selected.count()
-    if counts["rows_selected"] == 0:
+    job.counts["rows_selected"] = selected.count()
+    if job.counts["rows_selected"] == 0:
         rankers_note = f" for rankers {config.rankers}" if config.rankers else ""
         raise InputError(f"no valid log rows at rank <= {config.k}{rankers_note}; nothing to evaluate")
+    return checked, selected, segments
 
-    # Unique (query, product) pairs across all rankers, with product fields.
-    if catalog_info is not None:
-        catalog_fs, _ = storage.fs(catalog_info.uri)
-        catalog = ray.data.read_parquet(catalog_info.files, filesystem=catalog_fs).select_columns(
-            catalog_info.columns
+
+def build_pairs(job: Job, inputs: Inputs, selected):
+    """Unique (query, product) pairs across all rankers, with product fields, hash and guideline id."""
+    import ray
+
+    if inputs.catalog is not None:
+        catalog_fs, _ = job.storage.fs(inputs.catalog.uri)
+        catalog = ray.data.read_parquet(inputs.catalog.files, filesystem=catalog_fs).select_columns(
+            inputs.catalog.columns
         ).map_batches(normalize_products, batch_format="pyarrow", fn_kwargs={"mark_catalog": True})
-        with_products = selected.select_columns(["query", "ranker", "rank", "product_id"] + [
-            c for c in ("query_count", "locale") if c in columns
-        ]).join(catalog, join_type="left_outer", num_partitions=parts, on=("product_id",))
+        keep = ["query", "ranker", "rank", "product_id"] + [c for c in ("query_count", "locale") if c in inputs.columns]
+        with_products = selected.select_columns(keep).join(
+            catalog, join_type="left_outer", num_partitions=job.parts, on=("product_id",)
+        )
     else:
         with_products = selected.map_batches(normalize_products, batch_format="pyarrow")
-    pairs = with_products.groupby("query", num_partitions=parts).map_groups(
-        unique_pairs, batch_format="pyarrow"
-    ).map_batches(pair_problems, batch_format="pyarrow").materialize()
-    counts["pairs_unique"] = pairs.count()
-    seconds["prepare"] = time.monotonic() - t
-    progress(f"{counts['rows_selected']} log rows selected -> {counts['pairs_unique']} unique (query, product) pairs")
+    guideline = job.config.llm.guidelines
+    pairs = (
+        with_products.groupby("query", num_partitions=job.parts)
+        .map_groups(unique_pairs, batch_format="pyarrow")
+        .map_batches(pair_problems, batch_format="pyarrow")
+        .map_batches(add_guideline_ids, batch_format="pyarrow", fn_kwargs={
+            "model": guideline.model, "prompt_version": GUIDELINE_PROMPT_VERSION, "scale": job.config.scale.as_dicts()})
+        .materialize()
+    )
+    job.counts["pairs_unique"] = pairs.count()
+    progress(f"{job.counts['rows_selected']} log rows selected -> {job.counts['pairs_unique']} unique (query, product) pairs")
+    return pairs
 
-    # Guidelines: one call per unique query.
-    t = time.monotonic()
-    queries = pairs.filter(expr=col("pair_error").is_null()).groupby("query", num_partitions=parts).count().select_columns(["query"])
-    guidelines = _actor_map(queries, GuidelineStage, stage_configs["guidelines"], config.compute.guidelines).materialize()
-    counts["queries"] = guidelines.count()
-    _write_dataset(guidelines, layout.guidelines, storage)
-    seconds["guidelines"] = time.monotonic() - t
-    progress(f"guidelines: {counts['queries']} queries done in {seconds['guidelines']:.1f}s")
 
-    # Annotate: one judgement per unique pair, against its query's guideline.
-    t = time.monotonic()
-    guideline_keys = guidelines.select_columns(["query", "guideline_id", "guideline", "error"]).rename_columns(
-        {"error": "guideline_error"}
-    )
-    to_annotate = pairs.join(guideline_keys, join_type="left_outer", num_partitions=parts, on=("query",))
-    labels = _actor_map(to_annotate, AnnotateStage, stage_configs["annotate"], config.compute.annotate).materialize()
-    _write_dataset(labels, layout.labels, storage)
-    seconds["annotate"] = time.monotonic() - t
-    progress(f"annotate: {counts['pairs_unique']} pairs done in {seconds['annotate']:.1f}s")
+@dataclass
+class Images:
+    """What the image steps produced: fetch results per URL, captions per image (caption mode)."""
 
-    # Errors: bad log rows, failed guidelines, failed or unjudgeable pairs; each with its reason.
-    guideline_errors = guidelines.filter(expr=col("error").is_not_null()).map_batches(
-        lambda b: error_records(pl.from_arrow(b), "guidelines", pl.col("error")), batch_format="pyarrow"
+    fetched: Any = None
+    captions: Any = None
+    data_urls: Any = None  # direct mode: image_url -> image_data_url, joined onto the pairs that go to the judge
+
+
+def attach_images(job: Job, pairs, caption_config: LLMStageConfig | None):
+    """Fetch each unique image once; caption it (caption mode); put image columns on the pairs."""
+    import ray
+    from ray.data.expressions import col
+
+    config = job.config
+    mode = config.images.mode
+    if mode == "text" or "image_url" not in pairs.columns():
+        return pairs.map_batches(
+            lambda b: b.append_column("image_status", pa.array([NO_IMAGE] * b.num_rows, pa.string())),
+            batch_format="pyarrow",
+        ), Images()
+    urls = pairs.filter(expr=col("image_url").is_not_null() & col("pair_error").is_null()).groupby(
+        "image_url", num_partitions=job.parts).count().select_columns(["image_url"])
+    stage_config = ImageStageConfig(
+        images=config.images, s3_endpoint_url=s3_endpoint(config.storage.s3_endpoint_url),
+        s3_region=config.storage.s3_region, max_concurrent_requests=config.compute.images.max_concurrent_requests,
     )
-    label_errors = labels.filter(expr=col("error").is_not_null()).map_batches(
-        lambda b: error_records(pl.from_arrow(b), "annotate", pl.col("error")), batch_format="pyarrow"
-    )
-    errors = invalid.union(guideline_errors, label_errors).materialize()
-    error_counts = {} if errors.count() == 0 else dict(
-        _to_polars(errors.groupby("stage").count()).iter_rows()
-    )
-    if errors.count():
-        _write_dataset(errors, layout.errors, storage)
+    fetched = _actor_map(urls, ImageStage, stage_config, config.compute.images).materialize()
+    job.counts["images"] = fetched.count()
+    progress(f"images: {job.counts['images']} unique URLs fetched")
+    images = Images(fetched=fetched)
+    if mode == "caption":
+        keyed = fetched.map_batches(add_caption_ids, batch_format="pyarrow", fn_kwargs={"model": config.llm.captions.model})
+        captions = _cached_stage(job, keyed, CAPTION_SPEC, CaptionStage, caption_config, config.compute.captions)
+        _write(job, captions, job.layout.path("captions"), "captions")
+        images.captions = captions
+        side = captions.select_columns(["image_url", "caption_id", "caption", "image_status"])
     else:
-        storage.write_table(join_uri(layout.errors, "errors-empty.parquet"), ERROR_SCHEMA.empty_table())
+        side = fetched.select_columns(["image_url", "image_id", "image_status"])
+        images.data_urls = fetched.select_columns(["image_url", "image_data_url"])
+    with_images = pairs.join(side, join_type="left_outer", num_partitions=job.parts, on=("image_url",)).map_batches(
+        _no_image_status, batch_format="pyarrow")
+    return with_images.materialize(), images
 
-    # Evaluate: per-query metrics on Ray, per-ranker aggregates on the (small) per-query table.
-    t = time.monotonic()
+
+def _no_image_status(batch: pa.Table) -> pa.Table:
+    """Pairs without an image URL (or whose URL was not fetched) say so."""
+    status = pl.from_arrow(batch.select(["image_status"]))["image_status"].fill_null(NO_IMAGE).to_arrow()
+    return batch.set_column(batch.column_names.index("image_status"), "image_status", status)
+
+
+def write_guidelines(job: Job, pairs, stage_config: LLMStageConfig):
+    """One guideline per unique query (store first, then the LLM)."""
+    from ray.data.aggregate import Max
+    from ray.data.expressions import col
+
+    queries = pairs.filter(expr=col("pair_error").is_null()).groupby("query", num_partitions=job.parts).aggregate(
+        Max("guideline_id", alias_name="guideline_id")
+    )
+    guidelines = _cached_stage(job, queries, GUIDELINE_SPEC, GuidelineStage, stage_config, job.config.compute.guidelines)
+    job.counts["queries"] = guidelines.count()
+    _write(job, guidelines, job.layout.guidelines, "guidelines")
+    return guidelines
+
+
+def write_labels(job: Job, pairs, guidelines, images: Images, stage_config: LLMStageConfig):
+    """One label per unique pair (store first, then the LLM against the query's guideline)."""
+    from ray.data.expressions import col
+
+    annotate = job.config.llm.annotate
+    keyed = pairs.map_batches(add_label_keys, batch_format="pyarrow", fn_kwargs={
+        "model": annotate.model, "prompt_version": ANNOTATION_PROMPT_VERSION, "scale": job.config.scale.as_dicts(),
+        "image_mode": job.config.images.mode})
+    guideline_text = guidelines.select_columns(["query", "guideline", "error"]).rename_columns({"error": "guideline_error"})
+
+    def with_guidelines(misses):
+        misses = misses.join(guideline_text, join_type="left_outer", num_partitions=job.parts, on=("query",))
+        if images.data_urls is not None:  # direct mode: the image bytes travel only with the pairs sent to the judge
+            misses = misses.join(images.data_urls, join_type="left_outer", num_partitions=job.parts, on=("image_url",))
+        return misses
+
+    labels = _cached_stage(job, keyed, LABEL_SPEC, AnnotateStage, stage_config, job.config.compute.annotate,
+                           prepare_misses=with_guidelines)
+    job.counts["labelled"] = labels.filter(expr=col("grade").is_not_null()).count()
+    _write(job, labels, job.layout.labels, "labels")
+    return labels
+
+
+def _stage_errors(ds, stage: str, reason: pl.Expr, failed):
+    return ds.filter(expr=failed).map_batches(
+        lambda b: error_records(pl.from_arrow(b), stage, reason), batch_format="pyarrow"
+    )
+
+
+def write_errors(job: Job, checked, guidelines, labels, images: Images) -> dict[str, int]:
+    """Bad log rows, failed images, captions, guidelines, failed or unjudgeable pairs: each with its reason."""
+    from ray.data.expressions import col
+
+    parts = [
+        checked.filter(expr=col("input_error").is_not_null()).map_batches(invalid_rows, batch_format="pyarrow"),
+        _stage_errors(guidelines, "guidelines", pl.col("error"), col("error").is_not_null()),
+        _stage_errors(labels, "annotate", pl.col("error"), col("error").is_not_null()),
+    ]
+    if images.fetched is not None:
+        failed_fetch = col("image_status") != "ok"
+        parts.append(_stage_errors(images.fetched, "images", pl.format("{}: {}", "image_url", "image_error"), failed_fetch))
+    if images.captions is not None:
+        failed_caption = col("error").is_not_null() & (col("image_status") == "ok")
+        parts.append(_stage_errors(images.captions, "captions", pl.format("{}: {}", "image_url", "error"), failed_caption))
+    errors = parts[0].union(*parts[1:]).materialize()
+    if errors.count() == 0:
+        job.storage.write_table(join_uri(job.layout.errors, "errors-empty.parquet"), ERROR_SCHEMA.empty_table())
+        return {}
+    _write(job, errors, job.layout.errors, "errors")
+    return dict(_to_polars(errors.groupby("stage").count()).iter_rows())
+
+
+class RayEvaluationSource:
+    """Ranked lists and labels for the evaluation step, filtered on Ray: only the answer reaches the driver."""
+
+    def __init__(self, selected, labels, pairs):
+        self.run = selected.select_columns(list(RUN_SCHEMA))
+        self.labels = labels.select_columns(list(LABEL_SCHEMA))
+        self.titles = pairs.select_columns(["query", "product_id", "title"]) if "title" in pairs.columns() else None
+
+    def _with_titles(self, labels: pl.DataFrame, queries: list[str]) -> pl.DataFrame:
+        if self.titles is None or labels.is_empty():
+            return labels
+        from ray.data.expressions import col
+
+        titles = _to_polars(self.titles.filter(expr=col("query").is_in(queries)),
+                            schema={"query": pl.String, "product_id": pl.String, "title": pl.String})
+        return labels.join(titles, on=["query", "product_id"], how="left")
+
+    def ranked_lists(self, queries: list[str]) -> pl.DataFrame:
+        from ray.data.expressions import col
+
+        return _to_polars(self.run.filter(expr=col("query").is_in(list(queries))), schema=RUN_SCHEMA)
+
+    def labels_for(self, queries: list[str]) -> pl.DataFrame:
+        from ray.data.expressions import col
+
+        labels = _to_polars(self.labels.filter(expr=col("query").is_in(list(queries))), schema=LABEL_SCHEMA)
+        return self._with_titles(labels, list(queries))
+
+    def labels_matching(self, pairs: pl.DataFrame) -> pl.DataFrame:
+        keys = pairs.select(pl.col("query").cast(pl.String), pl.col("product_id").cast(pl.String)).unique()
+        return self.labels_for(keys["query"].unique().to_list()).join(keys, on=["query", "product_id"], how="semi")
+
+    def failed_labels(self, limit: int) -> pl.DataFrame:
+        from ray.data.expressions import col
+
+        return _to_polars(self.labels.filter(expr=col("error").is_not_null()).limit(limit), schema=LABEL_SCHEMA)
+
+
+def evaluate(job: Job, inputs: Inputs, checked, selected, pairs, labels, segments):
+    """Per-query metrics on Ray; rankers, comparisons, segments, problems, agreement on the small per-query table."""
+    from ray.data.expressions import col
+
+    config = job.config
     graded = selected.select_columns(["ranker", "query", "rank", "product_id"]).join(
-        labels.select_columns(["query", "product_id", "grade"]), join_type="left_outer", num_partitions=parts,
+        labels.select_columns(["query", "product_id", "grade"]), join_type="left_outer", num_partitions=job.parts,
         on=("query", "product_id"),
     )
     by_query = _to_polars(
-        graded.groupby("query", num_partitions=parts).map_groups(
+        graded.groupby("query", num_partitions=job.parts).map_groups(
             per_query_metrics, batch_format="pyarrow",
             fn_kwargs={"ks": config.metrics.ks, "top_grade": config.scale.top_grade},
         ),
         schema=QUERY_METRICS_SCHEMA,
     )
-    by_ranker = ranker_metrics(by_query, n_bootstrap=config.metrics.bootstrap, seed=config.metrics.seed)
-    storage.write_table(join_uri(layout.metrics, "rankers.parquet"), by_ranker.to_arrow())
-    storage.write_table(join_uri(layout.metrics, "queries.parquet"), by_query.to_arrow())
-    seconds["metrics"] = time.monotonic() - t
-
-    stage_usage = {"guidelines": usage_totals(guidelines), "annotate": usage_totals(labels)}
-    counts["labelled"] = labels.filter(expr=col("grade").is_not_null()).count()
-    seconds["total"] = time.monotonic() - started
-    manifest = build_manifest(
-        config=config, run_id=run_id, root=layout.root, started_at=started_at, counts=counts,
-        stage_usage=stage_usage, error_counts=error_counts, seconds=seconds,
-        rankers=sorted(by_ranker["ranker"].unique().to_list()) if by_ranker.height else [],
-        status="succeeded",
+    if "locale" in inputs.columns:
+        locales = _to_polars(checked.filter(expr=col("input_error").is_null()).groupby(
+            ["query", "locale"], num_partitions=job.parts).count())
+        segments = pl.concat([s for s in (segments, locale_segments(locales)) if s is not None])
+    human = load_human_labels(config.input.human_labels, job.storage) if config.input.human_labels else None
+    return evaluate_run(
+        query_metrics=by_query, source=RayEvaluationSource(selected, labels, pairs), config=config.metrics,
+        storage=job.storage, layout=job.layout, segments=segments, human=human,
+        grades=[g.grade for g in config.scale.grades],
     )
-    storage.write_json(layout.manifest, manifest)
-    return RunResult(root=layout.root, manifest=manifest, rankers=by_ranker, seconds=seconds)
 
 
-__all__ = ["RunResult", "run", "ensure_ray", "FatalEndpointError", "LABEL_COLUMNS", "USAGE_COLUMNS", "__version__"]
+def prepare_run_folder(job: Job) -> None:
+    """A run id that exists already is resumed: its earlier outputs are replaced (the store keeps its labels)."""
+    if not job.storage.exists(job.layout.root):
+        return
+    progress(f"run folder {job.layout.root} exists: resuming (reusing the label store, replacing its outputs)")
+    for folder in ("labels", "guidelines", "captions", "errors", "metrics", "agreement", "review", "trec"):
+        job.storage.delete_folder(job.layout.path(folder))
+
+
+def make_job(config: RunConfig, storage: Storage | None = None) -> Job:
+    storage = storage or Storage(config.storage.s3_endpoint_url, config.storage.s3_region)
+    run_id = config.run_id or default_run_id()
+    output = resolve_uri(config.output.uri)
+    store = None
+    if config.store.enabled:
+        store = LabelStore(resolve_uri(config.store.uri) if config.store.uri else join_uri(output, "_store"), storage)
+    return Job(config=config, storage=storage, run_id=run_id, layout=RunLayout(join_uri(output, run_id)), store=store)
+
+
+def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
+    """Run the whole job; returns where it wrote and what it measured."""
+    import ray
+
+    started = time.monotonic()
+    started_at = datetime.now(timezone.utc)
+    job = make_job(config, storage)
+
+    t = time.monotonic()
+    inputs = validate(job)
+    job.timed("validate", t)
+    progress(f"output: {job.layout.root}" + (f"; label store: {job.store.uri}" if job.store else ""))
+    ensure_ray(config)
+    budget, budget_handle = start_budget(config, job.run_id)
+    stage_configs = {
+        stage: _stage_config(config, stage, getattr(config.compute, stage), budget) for stage in llm_stages(config)
+    }
+    try:
+        prepare_run_folder(job)
+
+        t = time.monotonic()
+        checked, selected, segments = read_log(job, inputs)
+        pairs = build_pairs(job, inputs, selected)
+        job.timed("prepare", t)
+
+        t = time.monotonic()
+        pairs, images = attach_images(job, pairs, stage_configs.get("captions"))
+        if images.fetched is not None:
+            job.timed("images", t)
+
+        t = time.monotonic()
+        guidelines = write_guidelines(job, pairs, stage_configs["guidelines"])
+        progress(f"guidelines: {job.counts['queries']} queries in {job.timed('guidelines', t):.1f}s")
+
+        t = time.monotonic()
+        labels = write_labels(job, pairs, guidelines, images, stage_configs["annotate"])
+        progress(f"annotate: {job.counts['pairs_unique']} pairs in {job.timed('annotate', t):.1f}s")
+
+        error_counts = write_errors(job, checked, guidelines, labels, images)
+
+        t = time.monotonic()
+        evaluation = evaluate(job, inputs, checked, selected, pairs, labels, segments)
+        by_ranker = evaluation.rankers
+        job.timed("metrics", t)
+
+        stage_usage = {"guidelines": usage_totals(guidelines), "annotate": usage_totals(labels)}
+        if images.captions is not None:
+            stage_usage["captions"] = usage_totals(images.captions)
+        budget_state = ray.get(budget_handle.state.remote())
+    finally:
+        ray.kill(budget_handle)
+    job.seconds["total"] = time.monotonic() - started
+    status = "succeeded"
+    if budget_state.get("stopped"):
+        status = "stopped_at_cost_limit"
+        progress(f"stopped sending at max_cost_usd={config.max_cost_usd}: the pairs not sent are in errors/")
+    manifest = build_manifest(
+        config=config, run_id=job.run_id, root=job.layout.root, started_at=started_at, counts=job.counts,
+        stage_usage=stage_usage, error_counts=error_counts, seconds=job.seconds,
+        rankers=sorted(by_ranker["ranker"].unique().to_list()) if by_ranker.height else [],
+        status=status, store=job.store.uri if job.store else None,
+        extra=_image_counts(images, labels),
+    )
+    job.storage.write_json(job.layout.manifest, manifest)
+    write_report(evaluation, manifest, job.storage, job.layout)
+    return RunResult(root=job.layout.root, manifest=manifest, rankers=by_ranker, seconds=job.seconds)
+
+
+def _image_counts(images: Images, labels) -> dict[str, Any]:
+    """Manifest entries of the image steps: fetches by status, labels by image status."""
+    if images.fetched is None:
+        return {}
+    by_status = dict(_to_polars(images.fetched.groupby("image_status").count()).iter_rows())
+    labels_by_status = dict(_to_polars(labels.groupby("image_status").count()).iter_rows())
+    return {"images": {"unique_urls": images.fetched.count(), "by_status": by_status},
+            "labels_by_image_status": labels_by_status}
+
+
+__all__ = ["RunResult", "run", "ensure_ray", "FatalEndpointError"]

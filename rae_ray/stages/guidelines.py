@@ -48,7 +48,7 @@ class GuidelineStage:
         return pa.table(
             {
                 "query": pa.array(queries, pa.string()),
-                "guideline_id": pa.array(
+                "guideline_id": batch.column("guideline_id") if "guideline_id" in batch.column_names else pa.array(
                     [guideline_id(q, model.model, GUIDELINE_PROMPT_VERSION, self.config.scale) for q in queries], pa.string()
                 ),
                 "guideline": pa.array([r.value.model_dump_json() if r.value else None for r in results], pa.string()),

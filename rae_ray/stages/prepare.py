@@ -149,3 +149,9 @@ def guideline_id(query: str, model: str, prompt_version: str, scale: list[dict])
     """Everything that decides a guideline, hashed."""
     key = json.dumps([normalize_query(query), model, prompt_version, scale], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def add_guideline_ids(batch: pa.Table, model: str, prompt_version: str, scale: list[dict]) -> pa.Table:
+    """Add `guideline_id` to rows that carry a query."""
+    ids = [guideline_id(q, model, prompt_version, scale) for q in batch.column("query").to_pylist()]
+    return batch.append_column("guideline_id", pa.array(ids, pa.string()))
