@@ -25,8 +25,9 @@ def demo_config(base_url: str, out: str) -> RunConfig:
             "input": {"log": "sample:search_log.parquet", "catalog": "sample:products.parquet"},
             "llm": {
                 "endpoints": {"default": {"base_url": base_url, "api_key_env": "RAE_SIM_API_KEY", "api_key_required": False}},
-                "guidelines": {"model": DEMO_MODEL},
-                "annotate": {"model": DEMO_MODEL},
+                # Reply lengths of the simulated judge, as measured; `rae-ray estimate` prices with them.
+                "guidelines": {"model": DEMO_MODEL, "expected_output_tokens": 170},
+                "annotate": {"model": DEMO_MODEL, "expected_output_tokens": 50},
             },
             "compute": {"num_cpus": 2, "annotate": {"max_actors": 2, "max_concurrent_requests": 32}},
             "output": {"uri": str(root.parent)},
@@ -79,6 +80,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set or [])
     result = run(config)
     _print_result(result, config.k)
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from rae_ray.estimate import estimate, estimate_json, format_estimate
+
+    config = load_config(args.config, args.set or [])
+    result = estimate(config)
+    print(estimate_json(result) if args.json else format_estimate(result))
     return 0
 
 
@@ -139,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="YAML config")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     run.set_defaults(func=cmd_run)
+
+    estimate = sub.add_parser("estimate", help="dry run: calls, tokens and cost before any LLM call")
+    estimate.add_argument("--config", required=True, help="YAML config")
+    estimate.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    estimate.add_argument("--json", action="store_true", help="print JSON")
+    estimate.set_defaults(func=cmd_estimate)
 
     sub.add_parser("sim", help="the simulated OpenAI-compatible endpoint (see `rae-ray sim --help`)", add_help=False)
 

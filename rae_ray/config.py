@@ -138,6 +138,11 @@ class StageModelConfig(_Model):
     model: str = Field(description="Model name sent to the endpoint.")
     temperature: float = Field(default=0.0, ge=0, le=2)
     max_output_tokens: int = Field(default=800, ge=16, description="max_completion_tokens of one call.")
+    expected_output_tokens: int | None = Field(
+        default=None, ge=1,
+        description="Reply length `rae-ray estimate` assumes; default: the mean in the label store, else 300 "
+        "for guidelines, 120 for captions, 80 for judgements.",
+    )
 
 
 class LLMConfig(_Model):

@@ -348,7 +348,7 @@ class Inputs:
     columns: list[str]
 
 
-def validate(job: Job) -> Inputs:
+def validate(job: Job, check_endpoints: bool = True) -> Inputs:
     """Metadata only, before any LLM call: columns, types, non-empty, endpoints reachable, keys present."""
     config, storage = job.config, job.storage
     log = inspect_log(config.input.log_uris, storage)
@@ -358,7 +358,8 @@ def validate(job: Job) -> Inputs:
     columns = log_columns(log, with_catalog=catalog is not None)
     if config.sampling.mode == "stratified" and "query_count" not in columns:
         raise InputError("sampling.mode is 'stratified' but the search log has no query_count column")
-    preflight(config)
+    if check_endpoints:
+        preflight(config)
     progress(f"inputs valid: {sum(i.num_rows for i in log)} log rows in {sum(len(i.files) for i in log)} file(s)"
              + (f", catalog {catalog.num_rows} products" if catalog else ", product columns from the log"))
     return Inputs(log=log, catalog=catalog, columns=columns)

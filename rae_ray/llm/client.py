@@ -76,8 +76,8 @@ def parse_json_reply(text: str | None) -> Any:
         return json.loads(cleaned[start : end + 1])
 
 
-def estimate_tokens(messages: list[dict[str, Any]], max_output_tokens: int) -> int:
-    """A call's tokens before sending it: ~4 characters a token, 255 an image, plus a typical reply."""
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """A prompt's tokens before sending it: about 4 characters a token, 255 an image."""
     chars = 0
     images = 0
     for message in messages:
@@ -90,7 +90,12 @@ def estimate_tokens(messages: list[dict[str, Any]], max_output_tokens: int) -> i
                     chars += len(part.get("text", ""))
                 else:
                     images += 1
-    return chars // 4 + 255 * images + min(max_output_tokens, 300)
+    return -(-chars // 4) + 255 * images
+
+
+def estimate_tokens(messages: list[dict[str, Any]], max_output_tokens: int) -> int:
+    """A call's tokens before sending it (for rate limits): the prompt plus a typical reply."""
+    return prompt_tokens(messages) + min(max_output_tokens, 300)
 
 
 def _retry_after(error: openai.APIStatusError) -> float | None:

@@ -1,0 +1,187 @@
+"""`rae-ray estimate`: calls, tokens and cost of a run before any LLM call (a dry run on Ray Data).
+
+It runs the job's own steps up to the pairs (same validation, sampling, dedup), looks every key up in the
+label store, and prices only the misses. Prompt tokens come from the prompts the job would build (about 4
+characters a token); a reply's length is `expected_output_tokens` of the stage, else the mean of that model's
+replies in the label store, else a default. A guideline not yet written is assumed to be as long as a
+guideline reply. Cached tokens: all products of a query share the prompt prefix (instructions, query,
+guideline), which a caching provider bills as cached after the query's first product.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from rae_ray.config import RunConfig
+from rae_ray.labelstore import add_label_keys
+from rae_ray.llm.client import prompt_tokens
+from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, annotation_messages, guideline_messages
+from rae_ray.stages.annotate import product_for_prompt
+
+DEFAULT_OUTPUT_TOKENS = {"guidelines": 300, "captions": 120, "annotate": 80}
+
+
+@dataclass
+class StageEstimate:
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    output_tokens_source: str = ""
+    cost_usd: float | None = None
+
+
+@dataclass
+class Estimate:
+    pairs_unique: int
+    queries: int
+    stages: dict[str, StageEstimate] = field(default_factory=dict)
+
+    @property
+    def cost_usd(self) -> float | None:
+        costs = [s.cost_usd for s in self.stages.values()]
+        return None if any(c is None for c in costs) else sum(costs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pairs_unique": self.pairs_unique, "queries": self.queries, "cost_usd": self.cost_usd,
+                "stages": {name: vars(stage) for name, stage in self.stages.items()}}
+
+
+def guideline_prompt_tokens(batch: pa.Table, scale: list[dict]) -> pa.Table:
+    tokens = [prompt_tokens(guideline_messages(q, scale)) for q in batch.column("query").to_pylist()]
+    return pa.table({"query": batch.column("query"), "prompt_tokens": pa.array(tokens, pa.int64())})
+
+
+def annotation_prompt_tokens(batch: pa.Table, scale: list[dict], guideline_chars: int) -> pa.Table:
+    """Per pair: the prompt's tokens and those of its shared prefix (everything before the product)."""
+    placeholder = {"guideline": "x" * guideline_chars}
+    totals, prefixes = [], []
+    for row in batch.to_pylist():
+        messages = annotation_messages(row["query"], placeholder, scale, product_for_prompt(row))
+        totals.append(prompt_tokens(messages))
+        shared = messages[1]["content"].split('<data name="product">')[0]
+        prefixes.append(prompt_tokens([messages[0], {"content": shared}]))
+    return pa.table({
+        "query": batch.column("query"),
+        "prompt_tokens": pa.array(totals, pa.int64()),
+        "prefix_tokens": pa.array(prefixes, pa.int64()),
+    })
+
+
+def _stored_mean_output(job, kind: str, model: str) -> float | None:
+    """Mean completion tokens of this model's stored results (the label store keeps the usage columns)."""
+    import polars as pl
+
+    if job.store is None or not job.store.shards(kind):
+        return None
+    fs, _ = job.storage.fs(job.store.uri)
+    frame = pl.concat([pl.from_arrow(pa.parquet.read_table(f, filesystem=fs, columns=["model", "completion_tokens"]))
+                       for f in job.store.shards(kind)[:200]])
+    frame = frame.filter((pl.col("model") == model) & (pl.col("completion_tokens") > 0))
+    return float(frame["completion_tokens"].mean()) if frame.height else None
+
+
+def _output_tokens(job, stage: str, kind: str) -> tuple[int, str]:
+    model = getattr(job.config.llm, stage)
+    if model.expected_output_tokens is not None:
+        return model.expected_output_tokens, "config"
+    stored = _stored_mean_output(job, kind, model.model)
+    if stored is not None:
+        return round(stored), "label store"
+    return DEFAULT_OUTPUT_TOKENS[stage], "default"
+
+
+def _price(config: RunConfig, stage: str, estimate: StageEstimate) -> float | None:
+    price = config.pricing.get(getattr(config.llm, stage).model)
+    if price is None:
+        return None
+    uncached = estimate.prompt_tokens - estimate.cached_tokens
+    return (uncached * price.input_per_1m + estimate.cached_tokens * price.cached_input_per_1m
+            + estimate.completion_tokens * price.output_per_1m) / 1e6
+
+
+def estimate(config: RunConfig) -> Estimate:
+    """Counts, tokens and cost of running `config`, without any LLM call."""
+    import pyarrow.parquet  # noqa: F401  (pa.parquet in _stored_mean_output)
+    from ray.data.aggregate import Count, Sum
+    from ray.data.expressions import col
+
+    from rae_ray.pipeline import (
+        GUIDELINE_SPEC, LABEL_SPEC, STORED_PREFIX, build_pairs, ensure_ray, make_job, read_log, validate,
+    )
+
+    if config.images.mode != "text":
+        raise ValueError("rae-ray estimate covers images.mode 'text' only for now")
+    job = make_job(config)
+    inputs = validate(job, check_endpoints=False)
+    ensure_ray(config)
+    _, selected, _ = read_log(job, inputs)
+    pairs = build_pairs(job, inputs, selected)
+    scale = config.scale.as_dicts()
+    result = Estimate(pairs_unique=job.counts["pairs_unique"], queries=0)
+
+    def misses_of(ds, spec):
+        if job.store is None:
+            return ds, 0
+        looked = job.store.lookup(ds, spec.store_kind, spec.key, spec.stored, STORED_PREFIX, job.parts).materialize()
+        hit = col(STORED_PREFIX + next(iter(spec.stored))).is_not_null()
+        return looked.filter(expr=~hit), looked.filter(expr=hit).count()
+
+    from ray.data.aggregate import Max
+
+    queries = pairs.filter(expr=col("pair_error").is_null()).groupby("query", num_partitions=job.parts).aggregate(
+        Max("guideline_id", alias_name="guideline_id"))
+    result.queries = queries.count()
+    output, source = _output_tokens(job, "guidelines", "guidelines")
+    missing, hits = misses_of(queries, GUIDELINE_SPEC)
+    stage = StageEstimate(cache_hits=hits, output_tokens_source=source)
+    sums = missing.map_batches(guideline_prompt_tokens, batch_format="pyarrow", fn_kwargs={"scale": scale}).aggregate(
+        Count(), Sum("prompt_tokens"))
+    stage.calls = int(sums["count()"] or 0)
+    stage.prompt_tokens = int(sums["sum(prompt_tokens)"] or 0)
+    stage.completion_tokens = stage.calls * output
+    stage.cost_usd = _price(config, "guidelines", stage)
+    result.stages["guidelines"] = stage
+    guideline_chars = 4 * output
+
+    annotate = config.llm.annotate
+    keyed = pairs.filter(expr=col("pair_error").is_null()).map_batches(add_label_keys, batch_format="pyarrow", fn_kwargs={
+        "model": annotate.model, "prompt_version": ANNOTATION_PROMPT_VERSION, "scale": scale, "image_mode": "text"})
+    output, source = _output_tokens(job, "annotate", "labels")
+    missing, hits = misses_of(keyed, LABEL_SPEC)
+    tokens = missing.map_batches(annotation_prompt_tokens, batch_format="pyarrow",
+                                 fn_kwargs={"scale": scale, "guideline_chars": guideline_chars}).materialize()
+    stage = StageEstimate(cache_hits=hits, output_tokens_source=source)
+    sums = tokens.aggregate(Count(), Sum("prompt_tokens"), Sum("prefix_tokens"))
+    stage.calls = int(sums["count()"] or 0)
+    stage.prompt_tokens = int(sums["sum(prompt_tokens)"] or 0)
+    if stage.calls:
+        first_per_query = tokens.groupby("query", num_partitions=job.parts).aggregate(
+            Max("prefix_tokens", alias_name="prefix")).sum("prefix")
+        stage.cached_tokens = int(sums["sum(prefix_tokens)"] or 0) - int(first_per_query or 0)
+    stage.completion_tokens = stage.calls * output
+    stage.cost_usd = _price(config, "annotate", stage)
+    result.stages["annotate"] = stage
+    return result
+
+
+def format_estimate(result: Estimate) -> str:
+    lines = [f"{result.pairs_unique} unique pairs, {result.queries} queries (no LLM call was made)",
+             f"{'stage':<12}{'calls':>8}{'store hits':>12}{'prompt tok':>12}{'cached tok':>12}{'output tok':>12}{'USD':>10}"]
+    for name, stage in result.stages.items():
+        cost = f"{stage.cost_usd:.4f}" if stage.cost_usd is not None else "n/a"
+        lines.append(f"{name:<12}{stage.calls:>8}{stage.cache_hits:>12}{stage.prompt_tokens:>12}"
+                     f"{stage.cached_tokens:>12}{stage.completion_tokens:>12}{cost:>10}")
+    total = result.cost_usd
+    lines.append(f"total cost: {'$%.4f' % total if total is not None else 'n/a (add the models to pricing)'}; "
+                 "reply lengths from: " + ", ".join(f"{n} {s.output_tokens_source}" for n, s in result.stages.items()))
+    return "\n".join(lines)
+
+
+def estimate_json(result: Estimate) -> str:
+    return json.dumps(result.as_dict(), indent=2)
