@@ -83,6 +83,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rae_ray.sweep import load_sweep, run_sweep, sweep_table
+
+    sweep_id, configs = load_sweep(args.sweep, args.set or [])
+    result = run_sweep(sweep_id, configs)
+    print()
+    print(sweep_table(result, metric=args.metric, k=args.k))
+    print(f"sweep comparison: {result.root}/comparison.parquet")
+    return 0
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     from rae_ray.estimate import estimate, estimate_json, format_estimate
 
@@ -149,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="YAML config")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="run several variants of a config sharing one label store, compare them")
+    sweep.add_argument("--sweep", required=True, help="sweep YAML: base config and variants")
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key in every variant")
+    sweep.add_argument("--metric", default="ndcg", help="metric of the printed table")
+    sweep.add_argument("--k", type=int, default=10, help="cut-off of the printed table")
+    sweep.set_defaults(func=cmd_sweep)
 
     estimate = sub.add_parser("estimate", help="dry run: calls, tokens and cost before any LLM call")
     estimate.add_argument("--config", required=True, help="YAML config")

@@ -34,15 +34,27 @@ class HumanLabelsConfig(_Model):
 
 
 class InputConfig(_Model):
-    log: str | list[str] = Field(description="Search log: Parquet file, folder or list of them; local or s3://.")
+    log: str | list[str] | dict[str, str | list[str]] = Field(
+        description="Search log: Parquet file, folder or list of them; local or s3://. Or one log per ranker "
+        "version, {ranker: uri}: its rows get that ranker (the files need no ranker column)."
+    )
     catalog: str | None = Field(
         default=None, description="Product catalog Parquet; when absent, product columns come from the log."
     )
     human_labels: HumanLabelsConfig | None = Field(default=None, description="Optional human labels.")
 
     @property
+    def log_sources(self) -> list[tuple[str | None, str]]:
+        """(ranker the rows belong to, or None to read the ranker column; URI) per log input."""
+        if isinstance(self.log, str):
+            return [(None, self.log)]
+        if isinstance(self.log, list):
+            return [(None, uri) for uri in self.log]
+        return [(ranker, uri) for ranker, uris in self.log.items() for uri in ([uris] if isinstance(uris, str) else uris)]
+
+    @property
     def log_uris(self) -> list[str]:
-        return [self.log] if isinstance(self.log, str) else list(self.log)
+        return [uri for _, uri in self.log_sources]
 
 
 class SamplingConfig(_Model):
@@ -121,6 +133,30 @@ class EndpointConfig(_Model):
         default=None, ge=1, description="Requests in flight at once, cluster-wide (split evenly over a stage's actors)."
     )
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, base_url: str) -> str:
+        from urllib.parse import urlparse
+
+        parsed = urlparse(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("base_url must be an http:// or https:// URL with a host, e.g. https://api.openai.com/v1")
+        if parsed.username or parsed.password:  # the value itself is not repeated: it may hold a key
+            raise ValueError("base_url must not carry credentials (user:password@); put the key in api_key_env")
+        return base_url
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, name: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):  # the value itself is not repeated: it may be a key
+            raise ValueError(
+                "api_key_env is the NAME of an environment variable holding the key (letters, digits, _), "
+                "not the key itself"
+            )
+        return name
+
     def api_key(self) -> SecretStr:
         value = os.environ.get(self.api_key_env)
         if not value:
@@ -189,7 +225,9 @@ class ComputeConfig(_Model):
         default=None, description="Ray address; None starts or joins a local Ray (RAY_ADDRESS is honoured)."
     )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray started by the job.")
-    shuffle_partitions: int = Field(default=8, ge=1, description="Partitions of the hash shuffles (dedup, joins).")
+    shuffle_partitions: int = Field(
+        default=64, ge=1, description="Most partitions of a hash shuffle (dedup, joins); fewer on small inputs."
+    )
     guidelines: StageComputeConfig = Field(default_factory=lambda: StageComputeConfig(batch_size=16))
     images: StageComputeConfig = Field(default_factory=lambda: StageComputeConfig(batch_size=16))
     captions: StageComputeConfig = Field(default_factory=lambda: StageComputeConfig(batch_size=16))

@@ -40,6 +40,7 @@ class TableInfo:
     num_rows: int
     columns: list[str]
     schema: pa.Schema = field(repr=False)
+    ranker: str | None = None  # a per-ranker log: every row belongs to this ranker
 
 
 def inspect_input(
@@ -51,6 +52,7 @@ def inspect_input(
     files = storage.parquet_files(resolved)
     total = 0
     first_schema: pa.Schema | None = None
+    all_null: set[str] = set()
     for path in files:
         shown = path if not resolved.startswith("s3://") else f"s3://{path}"
         try:
@@ -58,6 +60,8 @@ def inspect_input(
                 metadata = pq.ParquetFile(handle).metadata
                 schema = metadata.schema.to_arrow_schema()
         except (pa.ArrowInvalid, OSError) as error:
+            if fs.get_file_info(path).size == 0:
+                raise InputError(f"{role} file {shown}: the file is empty (0 bytes), not a Parquet file") from None
             raise InputError(f"{role} file {shown}: not a readable Parquet file ({error})") from None
         names = set(schema.names)
         missing = [c for c in required if c not in names]
@@ -67,21 +71,32 @@ def inspect_input(
                 f"(has: {', '.join(schema.names)})"
             )
         for column, kind in {**optional, **required}.items():
-            if column in names and not _type_ok(schema.field(column).type, kind):
-                raise InputError(
-                    f"{role} file {shown}: column '{column}' has type {schema.field(column).type}, expected {kind}"
-                )
+            if column not in names:
+                continue
+            dtype = schema.field(column).type
+            if pa.types.is_null(dtype) and column in optional and column not in required:
+                all_null.add(column)  # e.g. pandas writes an all-None column as type null: nothing to read
+            elif not _type_ok(dtype, kind):
+                note = " (every value is null)" if pa.types.is_null(dtype) else ""
+                raise InputError(f"{role} file {shown}: column '{column}' has type {dtype}{note}, expected {kind}")
         if first_schema is None:
             first_schema = schema
         total += metadata.num_rows
     if total == 0:
         raise InputError(f"{role} {uri}: no rows ({len(files)} file(s), all empty)")
-    columns = [c for c in first_schema.names if c in required or c in optional]
+    # Optional columns that are entirely null (type null) are treated as absent.
+    columns = [c for c in first_schema.names if (c in required or c in optional) and c not in all_null]
     return TableInfo(uri=resolved, files=files, num_rows=total, columns=columns, schema=first_schema)
 
 
-def inspect_log(uris: list[str], storage: Storage) -> list[TableInfo]:
-    infos = [inspect_input(u, storage, "search log", LOG_REQUIRED, LOG_OPTIONAL) for u in uris]
+def inspect_log(sources: list[tuple[str | None, str]], storage: Storage) -> list[TableInfo]:
+    """Check every log input; a per-ranker log (ranker given) needs no ranker column."""
+    infos = []
+    for ranker, uri in sources:
+        required = {k: v for k, v in LOG_REQUIRED.items() if not (ranker and k == "ranker")}
+        info = inspect_input(uri, storage, "search log", required, LOG_OPTIONAL)
+        info.ranker = ranker
+        infos.append(info)
     return infos
 
 
@@ -91,9 +106,9 @@ def inspect_catalog(uri: str, storage: Storage) -> TableInfo:
 
 def log_columns(infos: list[TableInfo], with_catalog: bool) -> list[str]:
     """Columns read from the log: required ones, plus those optional ones every log file has."""
-    common = set(infos[0].columns)
+    common = set(infos[0].columns) | ({"ranker"} if infos[0].ranker else set())
     for info in infos[1:]:
-        common &= set(info.columns)
+        common &= set(info.columns) | ({"ranker"} if info.ranker else set())
     wanted = list(LOG_REQUIRED) + ["query_count", "locale"]
     if not with_catalog:
         wanted += list(PRODUCT_COLUMNS)

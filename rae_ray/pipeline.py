@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 import time
@@ -48,12 +49,14 @@ from rae_ray.stages.prepare import (
     normalize_products,
     pair_problems,
     select_rows,
+    set_ranker,
     unique_pairs,
 )
 
 logger = logging.getLogger("rae_ray")
 
 STORED_PREFIX = "stored_"
+ROWS_PER_PARTITION = 50_000
 # Rows per label-store shard: a killed run loses at most the results not yet in a shard.
 PUBLISH_BATCH_ROWS = 512
 
@@ -113,7 +116,12 @@ class Job:
 
     @property
     def parts(self) -> int:
-        return self.config.compute.shuffle_partitions
+        """Partitions of a hash shuffle: about one per ROWS_PER_PARTITION selected log rows, at most the config's.
+
+        Each partition is a reduce task holding a CPU; on small inputs one partition is fastest.
+        """
+        rows = self.counts.get("rows_selected", self.counts.get("pairs_in_log", 0))
+        return max(1, min(self.config.compute.shuffle_partitions, math.ceil(rows / ROWS_PER_PARTITION)))
 
     def timed(self, name: str, started: float) -> float:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
@@ -321,6 +329,9 @@ def _cached_stage(job: Job, ds, spec: StageSpec, stage_cls, stage_config: LLMSta
         misses = looked.filter(expr=col(first_stored).is_null()).drop_columns(
             [STORED_PREFIX + name for name in spec.stored]
         )
+        if misses.count() == 0:  # everything was in the store: no actor pool to start
+            progress(f"{spec.name}: all {looked.count()} from the label store")
+            return hits.materialize()
     if prepare_misses is not None:
         misses = prepare_misses(misses)
     new = _actor_map(misses, stage_cls, stage_config, compute, spec.key).map_batches(
@@ -351,7 +362,7 @@ class Inputs:
 def validate(job: Job, check_endpoints: bool = True) -> Inputs:
     """Metadata only, before any LLM call: columns, types, non-empty, endpoints reachable, keys present."""
     config, storage = job.config, job.storage
-    log = inspect_log(config.input.log_uris, storage)
+    log = inspect_log(config.input.log_sources, storage)
     catalog = inspect_catalog(config.input.catalog, storage) if config.input.catalog else None
     if catalog is None:
         require_product_title(log)
@@ -371,11 +382,18 @@ def read_log(job: Job, inputs: Inputs):
     from ray.data.expressions import col
 
     config = job.config
-    log_fs, _ = job.storage.fs(inputs.log[0].uri)
-    files = [f for info in inputs.log for f in info.files]
-    checked = ray.data.read_parquet(files, filesystem=log_fs).select_columns(inputs.columns).map_batches(
-        check_log_rows, batch_format="pyarrow"
-    ).materialize()
+    parts = []
+    for info in inputs.log:
+        log_fs, _ = job.storage.fs(info.uri)
+        part = ray.data.read_parquet(info.files, filesystem=log_fs)
+        if info.ranker is None:
+            part = part.select_columns(inputs.columns)
+        else:
+            part = part.select_columns([c for c in inputs.columns if c != "ranker"]).map_batches(
+                set_ranker, batch_format="pyarrow", fn_kwargs={"ranker": info.ranker})
+        parts.append(part)
+    checked = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    checked = checked.map_batches(check_log_rows, batch_format="pyarrow").materialize()
     job.counts["pairs_in_log"] = checked.count()
 
     queries_filter = None
@@ -528,23 +546,27 @@ def write_errors(job: Job, checked, guidelines, labels, images: Images) -> dict[
     """Bad log rows, failed images, captions, guidelines, failed or unjudgeable pairs: each with its reason."""
     from ray.data.expressions import col
 
-    parts = [
-        checked.filter(expr=col("input_error").is_not_null()).map_batches(invalid_rows, batch_format="pyarrow"),
-        _stage_errors(guidelines, "guidelines", pl.col("error"), col("error").is_not_null()),
-        _stage_errors(labels, "annotate", pl.col("error"), col("error").is_not_null()),
-    ]
+    parts = {
+        "input": checked.filter(expr=col("input_error").is_not_null()).map_batches(invalid_rows, batch_format="pyarrow"),
+        "guidelines": _stage_errors(guidelines, "guidelines", pl.col("error"), col("error").is_not_null()),
+        "annotate": _stage_errors(labels, "annotate", pl.col("error"), col("error").is_not_null()),
+    }
     if images.fetched is not None:
         failed_fetch = col("image_status") != "ok"
-        parts.append(_stage_errors(images.fetched, "images", pl.format("{}: {}", "image_url", "image_error"), failed_fetch))
+        parts["images"] = _stage_errors(
+            images.fetched, "images", pl.format("{}: {}", "image_url", "image_error"), failed_fetch)
     if images.captions is not None:
         failed_caption = col("error").is_not_null() & (col("image_status") == "ok")
-        parts.append(_stage_errors(images.captions, "captions", pl.format("{}: {}", "image_url", "error"), failed_caption))
-    errors = parts[0].union(*parts[1:]).materialize()
-    if errors.count() == 0:
+        parts["captions"] = _stage_errors(
+            images.captions, "captions", pl.format("{}: {}", "image_url", "error"), failed_caption)
+    parts = {stage: part.materialize() for stage, part in parts.items()}
+    counts = {stage: part.count() for stage, part in parts.items()}
+    if sum(counts.values()) == 0:
         job.storage.write_table(join_uri(job.layout.errors, "errors-empty.parquet"), ERROR_SCHEMA.empty_table())
         return {}
-    _write(job, errors, job.layout.errors, "errors")
-    return dict(_to_polars(errors.groupby("stage").count()).iter_rows())
+    errors = [part for part in parts.values() if part.count()]
+    _write(job, errors[0].union(*errors[1:]) if len(errors) > 1 else errors[0], job.layout.errors, "errors")
+    return counts
 
 
 class RayEvaluationSource:

@@ -76,8 +76,16 @@ def test_shipped_configs_load(monkeypatch):
     from pathlib import Path
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    from rae_ray.sweep import load_sweep
+
     configs = sorted((Path(__file__).parents[2] / "jobs" / "configs").glob("*.yaml"))
     assert configs, "jobs/configs holds no config"
     for path in configs:
-        config = load_config(path)
-        assert config.llm.annotate.model
+        if path.name.startswith("sweep"):
+            sweep_id, variants = load_sweep(path)
+            assert len(variants) >= 2
+            assert all(c.run_id == f"{sweep_id}-{name}" for name, c in variants.items())
+            assert variants["k5"].k == 5 and variants["judge-b"].llm.annotate.model == "sim-judge-b"
+        else:
+            config = load_config(path)
+            assert config.llm.annotate.model

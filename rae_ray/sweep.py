@@ -1,0 +1,124 @@
+"""Sweeps: several evaluation variants (k, models, prompts, rankers) of one base config, sharing one label store.
+
+A sweep file names a base config and its variants, each a set of `--set`-style overrides:
+
+    base: jobs/configs/demo.yaml
+    sweep_id: nightly            # runs are <sweep_id>-<variant>; default sweep-<UTC timestamp>
+    variants:
+      k10: {}
+      k5: {k: 5}
+      judge-b: {llm.annotate.model: other-model}
+
+Variants run one after the other on the same Ray (each one's stages still fan out over the cluster) and share
+the base config's label store, so what one variant paid for, the next reuses. The sweep writes
+`<output.uri>/<sweep_id>/comparison.parquet` (variant, run_id, ranker, metric, k, value, ci_low, ci_high,
+n_queries) and `rankings.parquet` (per variant and metric@k: the rankers' order, and Kendall's tau against the
+first variant's order), and prints one table across variants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import yaml
+
+from rae_ray.config import ConfigError, RunConfig, load_config
+from rae_ray.io import RunLayout, join_uri, resolve_uri
+from rae_ray.metrics.agreement import kendall_tau
+
+
+@dataclass
+class SweepResult:
+    root: str
+    comparison: pl.DataFrame
+    rankings: pl.DataFrame
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[str, dict[str, RunConfig]]:
+    """(sweep_id, {variant: config}) from a sweep file; the base path is relative to the sweep file."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"sweep file not found: {path}") from None
+    unknown = set(spec) - {"base", "sweep_id", "variants"}
+    if unknown:
+        raise ConfigError(f"sweep {path}: unknown key(s) {sorted(unknown)} (expected base, sweep_id, variants)")
+    if not spec.get("base") or not spec.get("variants"):
+        raise ConfigError(f"sweep {path}: needs 'base' (a config file) and 'variants' (name: overrides)")
+    base = Path(spec["base"])
+    if not base.is_absolute() and not base.exists():
+        base = path.parent / base
+    sweep_id = spec.get("sweep_id") or "sweep-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    configs = {}
+    for name, changes in spec["variants"].items():
+        sets = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+                for key, value in (changes or {}).items()]
+        config = load_config(base, [*overrides, *sets, f"run_id={sweep_id}-{name}"])
+        configs[str(name)] = config
+    return sweep_id, configs
+
+
+def rankings(comparison: pl.DataFrame) -> pl.DataFrame:
+    """Per variant and metric@k: rankers best first, and Kendall's tau with the first variant's order."""
+    rows: list[dict[str, Any]] = []
+    variants = comparison["variant"].unique(maintain_order=True).to_list()
+    for (metric, k), group in comparison.group_by(["metric", "k"], maintain_order=True):
+        reference = None
+        for variant in variants:
+            scores = group.filter(pl.col("variant") == variant).sort("ranker")
+            if scores.is_empty():
+                continue
+            order = scores.sort("value", descending=True)["ranker"].to_list()
+            tau = None
+            if reference is None:
+                reference = scores
+            else:
+                common = reference.join(scores, on="ranker", suffix="_v")
+                if common.height >= 2:
+                    tau = kendall_tau(common["value"].to_numpy(), common["value_v"].to_numpy())
+            rows.append({"variant": variant, "metric": metric, "k": k, "order": " > ".join(order),
+                         "kendall_tau_vs_first": None if tau is None or np.isnan(tau) else float(tau)})
+    return pl.DataFrame(rows, schema={"variant": pl.String, "metric": pl.String, "k": pl.Int32, "order": pl.String,
+                                      "kendall_tau_vs_first": pl.Float64})
+
+
+def run_sweep(sweep_id: str, configs: dict[str, RunConfig]) -> SweepResult:
+    from rae_ray.pipeline import make_job, progress, run
+
+    frames = []
+    first = next(iter(configs.values()))
+    for name, config in configs.items():
+        progress(f"sweep {sweep_id}: variant {name} ({list(configs).index(name) + 1}/{len(configs)})")
+        result = run(config)
+        frames.append(result.rankers.with_columns(pl.lit(name).alias("variant"), pl.lit(config.run_id).alias("run_id")))
+    comparison = pl.concat(frames, how="diagonal_relaxed").select(
+        "variant", "run_id", "ranker", "metric", "k", "value", "ci_low", "ci_high", "n_queries")
+    ranks = rankings(comparison)
+    job = make_job(first)
+    layout = RunLayout(join_uri(resolve_uri(first.output.uri), sweep_id))
+    job.storage.write_table(layout.path("comparison.parquet"), comparison.to_arrow())
+    job.storage.write_table(layout.path("rankings.parquet"), ranks.to_arrow())
+    return SweepResult(root=layout.root, comparison=comparison, rankings=ranks)
+
+
+def sweep_table(result: SweepResult, metric: str = "ndcg", k: int = 10) -> str:
+    table = result.comparison.filter((pl.col("metric") == metric) & (pl.col("k") == k))
+    if table.is_empty():
+        return f"(no {metric}@{k} in the sweep)"
+    wide = table.pivot(on="variant", index="ranker", values="value").sort("ranker")
+    variants = [c for c in wide.columns if c != "ranker"]
+    width = max(10, *(len(v) for v in variants))
+    lines = [f"{metric}@{k}".ljust(14) + "".join(v.rjust(width + 2) for v in variants)]
+    for row in wide.iter_rows(named=True):
+        lines.append(row["ranker"].ljust(14) + "".join(
+            (f"{row[v]:.4f}" if row[v] is not None else "-").rjust(width + 2) for v in variants))
+    for row in result.rankings.filter((pl.col("metric") == metric) & (pl.col("k") == k)).iter_rows(named=True):
+        tau = row["kendall_tau_vs_first"]
+        lines.append(f"{row['variant']}: {row['order']}" + (f"  (tau vs first {tau:.2f})" if tau is not None else ""))
+    return "\n".join(lines)
