@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import tempfile
 import sys
 import time
 from datetime import datetime, timezone
@@ -16,18 +18,23 @@ from rae_ray.llm.client import FatalEndpointError
 DEMO_MODEL = "sim-judge"
 
 
-def demo_config(base_url: str, out: str) -> RunConfig:
+def demo_config(base_url: str, out: str, images: str = "text", catalog: str = "sample:products.parquet") -> RunConfig:
     """The embedded default: bundled chorus sample, simulated endpoint, output folder `out`."""
     root = Path(resolve_uri(out))
+    image_settings = {}
+    if images != "text":
+        image_settings = {"images": {"mode": images, "allow_hosts": ["127.0.0.1"]}}
     return config_from_dict(
         {
+            **image_settings,
             "run_id": root.name,
-            "input": {"log": "sample:search_log.parquet", "catalog": "sample:products.parquet"},
+            "input": {"log": "sample:search_log.parquet", "catalog": catalog},
             "llm": {
                 "endpoints": {"default": {"base_url": base_url, "api_key_env": "RAE_SIM_API_KEY", "api_key_required": False}},
                 # Reply lengths of the simulated judge, as measured; `rae-ray estimate` prices with them.
                 "guidelines": {"model": DEMO_MODEL, "expected_output_tokens": 170},
                 "annotate": {"model": DEMO_MODEL, "expected_output_tokens": 50},
+                **({"captions": {"model": DEMO_MODEL}} if images == "caption" else {}),
             },
             "compute": {"num_cpus": 2, "annotate": {"max_actors": 2, "max_concurrent_requests": 32}},
             "output": {"uri": str(root.parent)},
@@ -65,9 +72,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("rae-ray demo: bundled chorus/Icecat sample (Apache-2.0 / Icecat Open Content License),")
     print("judged by the SIMULATED endpoint (an offline heuristic, not a real LLM), on a local Ray.")
     started = time.monotonic()
-    with SimProcess(latency_ms=args.latency_ms, latency_jitter_ms=args.latency_ms / 2) as sim:
+    with contextlib.ExitStack() as stack:
+        sim = stack.enter_context(SimProcess(latency_ms=args.latency_ms, latency_jitter_ms=args.latency_ms / 2))
         print(f"simulated endpoint: {sim.base_url}")
-        config = demo_config(sim.base_url, out)
+        catalog = "sample:products.parquet"
+        if args.images != "text":
+            from rae_ray.demo_images import DemoImageServer
+
+            sample = Path(resolve_uri(catalog))
+            photos = stack.enter_context(DemoImageServer(sample))
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            catalog = str(photos.catalog_with_local_images(sample, tmp / "products.parquet"))
+            print(f"images ({args.images} mode): SYNTHETIC product photos in each product's colour, served at {photos.base_url}")
+        config = demo_config(sim.base_url, out, images=args.images, catalog=catalog)
         result = run(config)
     _print_result(result, config.k)
     print(f"demo wall time: {time.monotonic() - started:.1f}s (labels by a SIMULATED judge)")
@@ -154,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole job on the bundled sample against the simulated endpoint")
     demo.add_argument("--out", help="run folder (default ./rae-output/demo-<timestamp>)")
     demo.add_argument("--latency-ms", type=float, default=20.0, help="simulated endpoint latency (mean)")
+    demo.add_argument("--images", choices=["text", "caption", "direct"], default="text",
+                      help="image mode; caption/direct serve synthetic product photos locally")
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="run the job from a config file (same code path as jobs/evaluate.py)")

@@ -243,6 +243,9 @@ class StoreConfig(_Model):
     uri: str | None = Field(
         default=None, description="Label store folder or s3:// prefix; default <output.uri>/_store (beside the runs)."
     )
+    shard_rows: int = Field(
+        default=512, ge=1, description="Results per store shard; a run killed mid-stage loses at most its open shards."
+    )
 
 
 class MetricsConfig(_Model):

@@ -57,8 +57,6 @@ logger = logging.getLogger("rae_ray")
 
 STORED_PREFIX = "stored_"
 ROWS_PER_PARTITION = 50_000
-# Rows per label-store shard: a killed run loses at most the results not yet in a shard.
-PUBLISH_BATCH_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -339,7 +337,7 @@ def _cached_stage(job: Job, ds, spec: StageSpec, stage_cls, stage_config: LLMSta
     )
     if job.store is not None:
         new = new.map_batches(
-            publish_shard, batch_format="pyarrow", batch_size=PUBLISH_BATCH_ROWS,
+            publish_shard, batch_format="pyarrow", batch_size=job.config.store.shard_rows,
             fn_kwargs={"uri": job.store.folder(spec.store_kind), "storage": job.storage, "run_id": job.run_id},
         )
     return (new if hits is None else hits.union(new)).materialize()

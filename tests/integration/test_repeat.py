@@ -151,6 +151,7 @@ def test_resume_after_the_driver_is_killed(ray_local, tmp_path, subset):
         config = base_config(slow.base_url, tmp_path / "out")
         config["input"] = {"log": str(tmp_path / "log.parquet"), "catalog": str(tmp_path / "catalog.parquet")}
         config["run_id"] = "resumable"
+        config["store"] = {"shard_rows": 32}
         config["compute"]["annotate"] = {"max_actors": 1, "max_concurrent_requests": 8, "batch_size": 16,
                                          "max_concurrent_batches": 1}
         store_labels = tmp_path / "out" / "_store" / "labels"
