@@ -6,23 +6,19 @@ import numpy as np
 import polars as pl
 
 from rae_ray.config import SamplingConfig
+from rae_ray.metrics.evaluate import traffic_segments
 
 STRATA = ("head", "torso", "tail")
 
 
 def assign_strata(query_counts: pl.DataFrame, head_share: float = 0.2, torso_share: float = 0.3) -> pl.DataFrame:
-    """(query, query_count) -> (query, query_count, stratum).
+    """(query, query_count) -> (query, query_count, stratum), by the rule of `metrics.evaluate.traffic_segments`.
 
     Queries sorted by query_count descending (ties by query text): the first `head_share` of them are head,
     the next `torso_share` torso, the rest tail. A null count sorts last (tail).
     """
-    ordered = query_counts.sort(["query_count", "query"], descending=[True, False], nulls_last=True)
-    n = ordered.height
-    head_end = round(n * head_share)
-    torso_end = round(n * (head_share + torso_share))
-    position = pl.int_range(0, pl.len())
-    stratum = pl.when(position < head_end).then(pl.lit("head")).when(position < torso_end).then(pl.lit("torso")).otherwise(pl.lit("tail"))
-    return ordered.with_columns(stratum.alias("stratum"))
+    segments = traffic_segments(query_counts, head_share, torso_share).select("query", pl.col("segment").alias("stratum"))
+    return query_counts.join(segments, on="query").sort(["query_count", "query"], descending=[True, False], nulls_last=True)
 
 
 def allocate(sizes: dict[str, int], n: int) -> dict[str, int]:
