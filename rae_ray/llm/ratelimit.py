@@ -93,9 +93,13 @@ class Budget:
         want = requests
         token_bucket = self.tokens.get(key)
         if token_bucket is not None and tokens_per_request > 0:
-            want = min(requests, int(token_bucket.available() // tokens_per_request))
+            # A call larger than the bucket waits for a full bucket, then goes into debt: the bucket's level
+            # goes negative and later calls wait until it is paid back, so the long-run rate still holds.
+            need = min(tokens_per_request, token_bucket.capacity)
+            level = token_bucket.available()
+            want = min(requests, int(level // tokens_per_request)) if level >= tokens_per_request else int(level >= need)
             if want <= 0:
-                return Grant(0, max(token_bucket.wait_for(tokens_per_request), 0.01))
+                return Grant(0, max(token_bucket.wait_for(need), 0.01))
         request_bucket = self.requests.get(key)
         if request_bucket is not None:
             got = int(request_bucket.take(want))
