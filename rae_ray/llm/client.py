@@ -30,12 +30,35 @@ class FatalEndpointError(RuntimeError):
     """The endpoint refuses every call (401/403): stop the run, do not retry."""
 
 
+# A run of this many characters of a secret is a fragment of it (servers echo keys partly, e.g. "sk-proj-****abcd").
+_FRAGMENT_CHARS = 8
+
+
+def _fragment_spans(text: str, secret: str) -> list[tuple[int, int]]:
+    """Merged (start, end) spans of `text` covered by runs of at least `_FRAGMENT_CHARS` characters of `secret`."""
+    pieces = {secret[i : i + _FRAGMENT_CHARS] for i in range(len(secret) - _FRAGMENT_CHARS + 1)}
+    spans: list[tuple[int, int]] = []
+    for start in range(len(text) - _FRAGMENT_CHARS + 1):
+        if text[start : start + _FRAGMENT_CHARS] in pieces:
+            end = start + _FRAGMENT_CHARS
+            if spans and start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((start, end))
+    return spans
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove secrets (and anything shaped like an API key) from a message."""
+    """Remove secrets, any run of 8+ of their characters, and anything shaped like an API key from a message."""
+    secrets = tuple(s for s in secrets if s and len(s) >= 4)
     for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[REDACTED]")
-    return _KEY_PATTERN.sub("[REDACTED]", text)
+        text = text.replace(secret, "[REDACTED]")
+    text = _KEY_PATTERN.sub("[REDACTED]", text)
+    for secret in secrets:
+        if len(secret) >= _FRAGMENT_CHARS:
+            for start, end in reversed(_fragment_spans(text, secret)):
+                text = text[:start] + "[REDACTED]" + text[end:]
+    return text
 
 
 @dataclass
@@ -249,21 +272,37 @@ class LLMClient:
         return str(error)[:300]
 
     async def preflight(self) -> None:
-        """Fail fast, before any spending: endpoint reachable and key accepted (GET /models)."""
-        try:
-            await self._client.models.list()
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-            raise FatalEndpointError(
-                f"endpoint {self.endpoint.base_url} refused the API key ({error.status_code}); check "
-                f"{self.endpoint.api_key_env}"
-            ) from None
-        except openai.NotFoundError:
-            return  # some servers have no /models; calls will tell
-        except openai.APIConnectionError as error:
-            cause = error.__cause__ or error
-            raise FatalEndpointError(
-                f"endpoint {self.endpoint.base_url} is unreachable: {type(cause).__name__}: {redact(str(cause), (self._secret,))}"
-            ) from None
+        """Fail fast, before any spending: endpoint reachable and key accepted (GET /models).
+
+        A 429 or 5xx is retried a few times (a busy endpoint is not a broken one); any other answer stops the run.
+        """
+        attempts = min(self.endpoint.max_retries, 3) + 1
+        for attempt in range(attempts):
+            try:
+                await self._client.models.list()
+                return
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+                raise FatalEndpointError(
+                    f"endpoint {self.endpoint.base_url} refused the API key ({error.status_code}); check "
+                    f"{self.endpoint.api_key_env}"
+                ) from None
+            except openai.NotFoundError:
+                return  # some servers have no /models; calls will tell
+            except openai.APIConnectionError as error:
+                cause = error.__cause__ or error
+                raise FatalEndpointError(
+                    f"endpoint {self.endpoint.base_url} is unreachable: {type(cause).__name__}: "
+                    f"{redact(str(cause), (self._secret,))}"
+                ) from None
+            except openai.APIStatusError as error:
+                transient = error.status_code == 429 or error.status_code >= 500
+                if transient and attempt + 1 < attempts:
+                    await asyncio.sleep(self._backoff(attempt))
+                    continue
+                raise FatalEndpointError(
+                    f"endpoint {self.endpoint.base_url} answered GET /models with {self._describe(error)}"
+                    + (f" ({attempts} attempts)" if transient else "")
+                ) from None
 
     async def close(self) -> None:
         await self._client.close()

@@ -45,6 +45,10 @@ class SimConfig(BaseModel):
     )
     prefix_cache_size: int = Field(10_000, ge=0, description="Prompt prefixes remembered for cached_tokens (LRU).")
     access_log: bool = Field(False, description="Log every request to stderr (slows the server down).")
+    record_requests: int = Field(
+        0, ge=0, le=10_000,
+        description="Keep the last N completion request bodies (headers never) for GET /debug/requests; 0 = off.",
+    )
 
     @model_validator(mode="after")
     def _error_rates_fit(self) -> SimConfig:

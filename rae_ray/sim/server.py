@@ -1,6 +1,7 @@
 """The simulated OpenAI-compatible endpoint: an aiohttp app around the offline judge.
 
-Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /stats`, `POST /stats/reset`, `GET /health`.
+Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /stats`, `POST /stats/reset`, `GET /health`, and
+`GET /debug/requests` (the last `record_requests` completion bodies, for tests of what a client really sends).
 A completion goes through, in order: API key check, body parsing, rate limits (429 at once, never queued),
 the in-flight queue, error injection, latency, then the judge. Every response carries `x-rae-simulated: true`.
 """
@@ -15,6 +16,8 @@ import hashlib
 import json
 import math
 import random
+import socket
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -126,6 +129,7 @@ class SimStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    request_bytes_max: int = 0
     started: float = field(default_factory=time.time)
 
     def reset(self) -> None:
@@ -149,6 +153,7 @@ class SimStats:
             "queued": self.queued,
             "max_in_flight_seen": self.max_in_flight_seen,
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens, "cached": self.cached_tokens},
+            "request_bytes_max": self.request_bytes_max,
             "by_model": dict(self.by_model),
             "since": self.started,
         }
@@ -318,10 +323,17 @@ def _render(reply: dict[str, Any], wants_json: bool) -> str:
 
 
 def _malformed(reply: dict[str, Any], rng: random.Random) -> str:
+    """A reply that must not become a result: cut off, another shape, a required field missing, or off the scale."""
     text = json.dumps(reply, ensure_ascii=False)
-    if rng.random() < 0.5:
+    draw = rng.random()
+    if draw < 0.35:
         return text[: max(1, len(text) // 2)]  # cut off: not JSON
-    return json.dumps({"answer": "[simulated malformed reply]", "grade": "unknown"})  # JSON, wrong schema
+    if draw < 0.6:
+        return json.dumps({"answer": "[simulated malformed reply]", "grade": "unknown"})  # JSON, wrong schema
+    if draw < 0.8 or "grade" not in reply:
+        first = next(iter(reply))
+        return json.dumps({k: v for k, v in reply.items() if k != first}, ensure_ascii=False)  # a field missing
+    return json.dumps({**reply, "grade": 7}, ensure_ascii=False)  # the right shape, a grade no scale has
 
 
 # ---------------------------------------------------------------------------------------------- the app
@@ -339,6 +351,8 @@ class SimServer:
         self.requests_window = SlidingWindow(config.rpm) if config.rpm else None
         self.tokens_window = SlidingWindow(config.tpm) if config.tpm else None
         self.prefixes = PrefixCache(config.prefix_cache_size)
+        self.recorded: collections.deque[dict[str, Any]] | None = (
+            collections.deque(maxlen=config.record_requests) if config.record_requests else None)
         self._auth = (f"Bearer {config.api_key.get_secret_value()}" if config.api_key else None)
         thresholds, total = [], 0.0
         for kind in ERROR_KINDS:
@@ -349,8 +363,15 @@ class SimServer:
     # -- helpers
 
     def _check_auth(self, request: web.Request) -> None:
-        if self._auth is not None and request.headers.get("Authorization", "") != self._auth:
-            raise ApiError(401, "Incorrect API key provided for the simulated endpoint.", code="invalid_api_key")
+        presented = request.headers.get("Authorization", "")
+        if self._auth is not None and presented != self._auth:
+            # Like OpenAI's 401, the message echoes the presented key, masked: clients must not pass it on.
+            key = presented.removeprefix("Bearer ").strip()
+            if not key:
+                raise ApiError(401, "You didn't provide an API key (simulated endpoint).", code="invalid_api_key")
+            masked = key[:8] + "*" * max(0, len(key) - 12) + key[-4:] if len(key) > 12 else "*" * len(key)
+            raise ApiError(401, f"Incorrect API key provided: {masked}. You can find your API key in the "
+                           "simulated endpoint's settings.", code="invalid_api_key")
 
     def _rate_limit(self, prompt: _Prompt) -> dict[str, str]:
         now = time.monotonic()
@@ -440,10 +461,14 @@ class SimServer:
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         stats = self.stats
         self._check_auth(request)
+        raw = await request.read()
+        stats.request_bytes_max = max(stats.request_bytes_max, len(raw))
         try:
-            body = await request.json(loads=json.loads)
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ApiError(400, f"The request body is not valid JSON: {error}") from error
+        if self.recorded is not None:
+            self.recorded.append({"bytes": len(raw), "body": body})
         prompt = _read_prompt(body)
         stats.by_schema[prompt.schema_name or NO_SCHEMA] += 1
         stats.by_model[prompt.model] += 1
@@ -496,7 +521,7 @@ class SimServer:
         if injected == "reset":
             stats.injected_errors["reset"] += 1
             request[_RESET_KEY] = True
-            return await _reset_midway(request, json.dumps(body).encode())
+            return await _reset_midway(request, json.dumps(body).encode(), hard=self.error_rng.random() < 0.5)
         return web.json_response(body, headers=headers, dumps=json.dumps)
 
     async def models(self, request: web.Request) -> web.Response:
@@ -520,21 +545,45 @@ class SimServer:
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def debug_requests(self, request: web.Request) -> web.Response:
+        """The recorded completion bodies, oldest first (headers, hence keys, are never recorded)."""
+        recorded = list(self.recorded) if self.recorded is not None else []
+        return web.json_response({"simulated": True, "recording": self.recorded is not None, "requests": recorded})
+
 
 def _retry_headers(wait_s: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(wait_s))), "retry-after-ms": str(max(1, math.ceil(wait_s * 1000)))}
 
 
-async def _reset_midway(request: web.Request, body: bytes) -> web.StreamResponse:
-    """Send the headers and half the body, then drop the connection (the client sees a broken response)."""
+async def _reset_midway(request: web.Request, body: bytes, hard: bool = False) -> web.StreamResponse:
+    """Send the headers and half the body, then drop the connection (the client sees a broken response).
+
+    `hard`: a TCP reset (RST, "connection reset by peer") instead of an orderly close (a truncated body).
+    """
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
     response.content_length = len(body)
     await response.prepare(request)
     await response.write(body[: len(body) // 2])
-    if request.transport is not None:
-        request.transport.close()
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if hard and sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        transport.close()
     response.force_close()
     return response
+
+
+@web.middleware
+async def _api_errors(request: web.Request, handler) -> web.StreamResponse:
+    """An `ApiError` raised by any handler (e.g. a refused key on /v1/models) is answered in OpenAI's shape."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error.response()
 
 
 async def _mark_simulated(request: web.Request, response: web.StreamResponse) -> None:
@@ -547,7 +596,7 @@ _RESET_KEY = web.RequestKey("rae_sim_reset", bool)
 
 def create_app(config: SimConfig) -> web.Application:
     server = SimServer(config)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_api_errors])
     app[SERVER_KEY] = server
     app.on_response_prepare.append(_mark_simulated)
     app.router.add_post("/v1/chat/completions", server.chat_completions)
@@ -556,6 +605,10 @@ def create_app(config: SimConfig) -> web.Application:
     app.router.add_get("/stats", server.get_stats)
     app.router.add_post("/stats/reset", server.reset_stats)
     app.router.add_get("/health", server.health)
+    app.router.add_get("/debug/requests", server.debug_requests)
+    from rae_ray.sim.batches import register_batch_routes  # Files and Batch APIs (batch mode); imports this module
+
+    register_batch_routes(app, server)
     return app
 
 

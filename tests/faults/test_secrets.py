@@ -1,0 +1,157 @@
+"""Secrets (issue 6, point 4): a planted API key appears in no output, manifest, log, exception or job metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from rae_ray.cli import main
+from rae_ray.config import ConfigError, EndpointConfig, config_from_dict
+from rae_ray.llm.client import FatalEndpointError, LLMClient, redact
+from rae_ray.llm.prompts import guideline_messages
+from rae_ray.llm.schemas import GUIDELINE_SCHEMA_NAME, QueryGuideline
+from rae_ray.sim.process import SimThread
+from tests.faults.conftest import KEY_ENV, PLANTED_KEY
+from tests.helpers import base_config
+
+PLANTED_MIDDLE = "PLANTED-0123456789"
+NEEDLES = (PLANTED_KEY, PLANTED_MIDDLE)
+RIGHT_KEY = "sk-rae-test-RIGHT-9876543210"
+SCALE = [{"grade": 2, "name": "highly_relevant", "description": "d"}, {"grade": 0, "name": "irrelevant", "description": "d"}]
+
+
+def leaks(text: str) -> list[str]:
+    return [needle for needle in NEEDLES if needle in text]
+
+
+def file_leaks(path: Path) -> list[str]:
+    """The needles in a file's bytes, and for Parquet also in its decoded values (compression could hide them)."""
+    data = path.read_bytes()
+    found = [n for n in NEEDLES if n.encode() in data]
+    if path.suffix == ".parquet":
+        found += leaks(json.dumps(pq.read_table(path).to_pylist(), default=str))
+    return found
+
+
+def test_planted_key_is_in_no_output_manifest_or_log(faulted_runs):
+    files = [p for p in faulted_runs.out.rglob("*") if p.is_file()]
+    names = {p.relative_to(faulted_runs.out).parts[0] for p in files}
+    assert {"faulted", "rerun", "_store"} <= names
+    assert any(p.name == "manifest.json" for p in files) and any(p.name == "report.html" for p in files)
+    assert any("errors" in p.parts for p in files), "the faulted run wrote error reasons: they must be scanned too"
+    assert {p.name: file_leaks(p) for p in files if file_leaks(p)} == {}
+    for run in (faulted_runs.first, faulted_runs.rerun):
+        assert "[rae-ray]" in run.stderr  # the capture worked
+        assert leaks(run.stdout) == leaks(run.stderr) == leaks(run.logs) == []
+        assert leaks(json.dumps(run.manifest)) == []
+        assert run.manifest["config"]["llm"]["endpoints"]["default"]["api_key_env"] == KEY_ENV  # the name, only
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # rotated or removed while scanning
+        return b""
+
+
+def _session_dir() -> Path | None:
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return Path(node.get_session_dir_path()) if node is not None else None
+
+
+def test_planted_key_is_in_no_ray_log_or_job_metadata(faulted_runs, ray_local):
+    from ray._private import state
+
+    session = _session_dir()
+    assert session is not None and (session / "logs").is_dir()
+    # Everything the session wrote during the runs: worker and raylet logs, Ray Data logs, spilled objects if any.
+    recent = [p for p in session.rglob("*") if p.is_file() and p.stat().st_mtime >= faulted_runs.started]
+    assert any("logs" in p.parts for p in recent), "the runs wrote no Ray log: nothing was scanned"
+    assert {p.name: found for p in recent if (found := [n for n in NEEDLES if n.encode() in _read(p)])} == {}
+    # The job table (entrypoints), the actor table (names, death causes) and this job's runtime_env.
+    metadata = json.dumps([state.jobs(), state.actors(), ray_local.get_runtime_context().runtime_env], default=str)
+    assert "MapWorker" in metadata and leaks(metadata) == []
+
+
+def test_wrong_key_stops_at_preflight_without_leaking_it(tmp_path, monkeypatch, capsys, caplog):
+    """A rejected key (401) stops the run before any completion, with exit code 2 and a message naming the variable."""
+    with SimThread(api_key=RIGHT_KEY) as sim:
+        monkeypatch.setenv(KEY_ENV, PLANTED_KEY)
+        config = base_config(sim.base_url, tmp_path / "out")
+        config["llm"]["endpoints"]["default"].update(api_key_env=KEY_ENV, api_key_required=True)
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        started = time.monotonic()
+        code = main(["run", "--config", str(path)])
+        seconds = time.monotonic() - started
+        captured = capsys.readouterr()
+        with pytest.raises(FatalEndpointError) as raised:
+            from rae_ray.pipeline import run
+
+            run(config_from_dict(config))
+        stats = sim.stats()
+    assert code == 2 and seconds < 20
+    assert "refused the API key (401)" in captured.err and KEY_ENV in captured.err
+    assert stats["requests_total"] == 0  # not one completion: the job stopped at GET /models
+    assert not (tmp_path / "out").exists()
+    error = raised.value
+    assert error.__cause__ is None and error.__suppress_context__
+    assert leaks(captured.out + captured.err + caplog.text + str(error) + repr(error.args)) == []
+
+
+def test_key_refused_mid_run_stops_at_once_without_leaking_it():
+    """A call refused with 401 (a key revoked mid-run) raises at once: one request, no retries, key redacted."""
+    with SimThread(api_key=RIGHT_KEY) as sim:
+        endpoint = EndpointConfig(base_url=sim.base_url, max_retries=6, backoff_base_s=0.05, backoff_max_s=0.5)
+
+        async def call():
+            client = LLMClient(endpoint, SecretStr(PLANTED_KEY), 4)
+            try:
+                return await client.structured(guideline_messages("red mug", SCALE), QueryGuideline,
+                                               GUIDELINE_SCHEMA_NAME, "sim-judge")
+            finally:
+                await client.close()
+
+        with pytest.raises(FatalEndpointError) as raised:
+            asyncio.run(call())
+        stats = sim.stats()
+    assert stats["requests_total"] == 1 and stats["by_status"] == {"401": 1}
+    message = str(raised.value)
+    assert "401" in message and "Incorrect API key provided" in message  # the endpoint's own words, redacted
+    assert leaks(message) == [] and PLANTED_KEY[:8] not in message and "[REDACTED]" in message
+
+
+def test_redact_removes_whole_partial_and_masked_keys():
+    masked = PLANTED_KEY[:8] + "*" * 18 + PLANTED_KEY[-4:]
+    openai_401 = (f"Error code: 401 - {{'error': {{'message': 'Incorrect API key provided: {masked}. You can find "
+                  "your API key at https://platform.openai.com/account/api-keys.', 'code': 'invalid_api_key'}}")
+    for message in (openai_401, f"Authorization: Bearer {PLANTED_KEY}", f"key ending in {PLANTED_MIDDLE} is revoked",
+                    f"bad key {PLANTED_KEY}; again {PLANTED_KEY[3:]}"):
+        cleaned = redact(message, (PLANTED_KEY,))
+        assert leaks(cleaned) == [] and PLANTED_KEY[:8] not in cleaned and "[REDACTED]" in cleaned, cleaned
+    azure = "0123456789abcdef0123456789abcdef"  # not shaped like sk-...: only the secret itself tells
+    assert redact(f"key ...{azure[5:21]} rejected", (azure,)) == "key ...[REDACTED] rejected"
+    assert redact("HTTP 503: overloaded, retry in 1s", (PLANTED_KEY,)) == "HTTP 503: overloaded, retry in 1s"
+
+
+def test_config_never_echoes_a_key_put_in_the_wrong_place():
+    minimal = {"input": {"log": "x"}, "llm": {"endpoints": {"default": {"base_url": "http://127.0.0.1:9/v1"}},
+                                              "guidelines": {"model": "g"}, "annotate": {"model": "a"}}}
+    attempts = [
+        [f"llm.endpoints.default.api_key_env={PLANTED_KEY}"],  # the key instead of the variable's name
+        [f"llm.endpoints.default.api_key={PLANTED_KEY}"],  # an unknown key
+        [f"llm.endpoints.default.base_url=https://user:{PLANTED_KEY}@api.example.com/v1"],  # credentials in the URL
+    ]
+    for overrides in attempts:
+        with pytest.raises(ConfigError) as raised:
+            config_from_dict(minimal, overrides)
+        assert "llm.endpoints.default" in str(raised.value) and leaks(str(raised.value)) == [], str(raised.value)
