@@ -186,7 +186,14 @@ def start_budget(config: RunConfig, run_id: str):
         endpoint, model = config.llm.endpoint_for(stage), getattr(config.llm, stage).model
         limits[f"{endpoint.base_url}|{model}"] = {"rpm": endpoint.rpm, "tpm": endpoint.tpm}
     name = f"rae-ray-budget-{run_id}-{uuid.uuid4().hex[:8]}"
-    handle = budget_actor_class().options(name=name, namespace="rae-ray").remote(limits, config.max_cost_usd)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    import ray
+
+    # On the driver's node (soft): it lives and dies with the run, not with a worker node that scales away.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    handle = budget_actor_class().options(name=name, namespace="rae-ray", scheduling_strategy=here).remote(
+        limits, config.max_cost_usd)
     return name, handle
 
 

@@ -181,15 +181,16 @@ class LLMClient:
             kwargs["response_format"] = response_format(output, schema_name)
         while True:
             estimate = estimate_tokens(messages, max_output_tokens)
-            if self._budget is not None:
-                stop = await self._budget.acquire(estimate)
-                if stop is not None:
-                    result.error = f"not sent: {stop}"
-                    break
+            stop = None
             try:
                 async with self._semaphore:
-                    result.calls += 1
-                    response = await self._client.chat.completions.create(messages=messages, **kwargs)
+                    # Budget inside the semaphore: a call waiting for a slot holds no permit, and learns of a
+                    # cost limit reached while it waited.
+                    if self._budget is not None:
+                        stop = await self._budget.acquire(estimate)
+                    if stop is None:
+                        result.calls += 1
+                        response = await self._client.chat.completions.create(messages=messages, **kwargs)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
                 raise FatalEndpointError(
                     f"endpoint {self.endpoint.base_url} refused the API key ({error.status_code}): "
@@ -208,6 +209,9 @@ class LLMClient:
                         continue
                     break
                 result.error = self._describe(error)
+                break
+            if stop is not None:
+                result.error = f"not sent: {stop}"
                 break
             result.add_usage(response.usage)
             if self._budget is not None:

@@ -126,7 +126,9 @@ def budget_actor_class():
     """The Ray actor class (built lazily so that importing this module does not import Ray)."""
     import ray
 
-    return ray.remote(num_cpus=0, max_concurrency=1)(Budget)
+    # Restarted if its process or node dies (its counters start again from zero): a lost budget must not fail
+    # every LLM call of the run.
+    return ray.remote(num_cpus=0, max_concurrency=1, max_restarts=-1, max_task_retries=-1)(Budget)
 
 
 class RateBudget:

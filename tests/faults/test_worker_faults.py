@@ -121,9 +121,6 @@ def test_worker_node_removed_mid_run(chorus, tmp_path):
     check_complete(tmp_path / "out" / "node-lost", report["manifest"], pairs)
 
 
-@pytest.mark.xfail(strict=True, reason="needs a change: the budget actor is not restartable (ratelimit."
-                   "budget_actor_class: max_restarts=-1, max_task_retries=-1; pipeline.start_budget: keep it on the "
-                   "driver's node); a lost budget actor fails every LLM call of the run")
 def test_budget_actor_lost_with_its_node_is_restarted(ray_local):
     """The run's budget actor (rate limits, cost guard) dies with its process or node: the run must not die with it."""
     import asyncio

@@ -112,8 +112,6 @@ def slow_sim():
         yield server
 
 
-@pytest.mark.xfail(strict=True, reason="client bug: LLMClient.structured takes budget before the semaphore, so every "
-                   "gathered call of a batch holds a permit while it queues; none of them learns of the cost limit")
 def test_cost_guard_overshoot_is_bounded_by_the_requests_in_flight(ray_local, slow_sim):
     """With the cost of a call known only when it returns, the calls already in flight are the overshoot, no more."""
     n_clients, max_concurrent, chunk = 2, 16, 8
