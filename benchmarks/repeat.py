@@ -111,7 +111,6 @@ def main() -> int:
     with SimProcess(latency_ms=200) as slow, tempfile.TemporaryDirectory() as tmp:
         resume = config(slow.base_url, log_uri, catalog_uri, "resumed")
         resume["output"]["uri"] = f"s3://{BUCKET}/resume-runs"
-        resume["store"] = {"shard_rows": 64}
         resume["compute"]["annotate"] = {"max_actors": 1, "max_concurrent_requests": 8, "batch_size": 16,
                                          "max_concurrent_batches": 1}
         path = Path(tmp) / "resume.yaml"

@@ -14,11 +14,12 @@ Exits 1 unless they hold; figures are printed last (one JSON object, then a tabl
 How the figures are taken:
 - calls: the endpoint's own counter (`/stats` requests_total, completions only), reset before each phase;
 - job wall time: from the call of `run()` to the mtime of the newest `OUT/labels/*.parquet` (labels written);
-  Ray is started before the clock (`ensure_ray`, as on a cluster the job is submitted to); its start-up time is
-  printed apart, with the ratio it would give if counted;
+  Ray is started before the clock (a private local Ray, see `start_private_ray`; as on a cluster the job is
+  submitted to), its start-up time printed apart with the ratio it would give if counted;
 - CPU: the driver's own `getrusage(RUSAGE_SELF)` (less the benchmark's sampling threads), plus every descendant process of the driver read from
   /proc/<pid>/stat (utime + stime) every 0.25 s, split into Ray workers (process title `ray::...`: the stage
-  actors and tasks), Ray's own daemons (raylet, gcs, agents) and the simulated endpoint (not ours, shown apart).
+  actors, tasks, Ray Data's own actors), Ray's daemons (raylet, gcs, dashboard and runtime-env agents, log
+  monitor) and the simulated endpoint (not ours, shown apart). An idle local Ray uses ~2 CPU-s a minute.
   A process's last < 0.25 s before it exits is not seen.
 - machine load: `os.getloadavg()` before and after each phase (the machine has 2 cores shared with others).
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import random
 import resource
@@ -49,7 +51,7 @@ from rae_ray.config import config_from_dict
 from rae_ray.io import sample_dir
 from rae_ray.llm.prompts import annotation_messages
 from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, RelevanceJudgement, response_format
-from rae_ray.pipeline import ensure_ray, run
+from rae_ray.pipeline import run
 from rae_ray.sim.judge import DEFAULT_SCALE, make_guideline
 from rae_ray.sim.process import SimProcess
 from rae_ray.stages.annotate import product_for_prompt
@@ -142,15 +144,24 @@ def _proc_stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def _proc_kind(pid: int, sim_pid: int | None) -> str:
+_RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def _proc_kind(pid: int, sim_pid: int | None) -> tuple[str, str]:
+    """(kind, name) of a descendant: the sim, a Ray worker (`ray::...` title) or one of Ray's daemons."""
     if pid == sim_pid:
-        return "sim"
+        return "sim", "sim"
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            command = handle.read().split(b"\0")[0].decode(errors="replace")
+            argv = [a.decode(errors="replace") for a in handle.read().split(b"\0") if a]
     except OSError:
-        return "ray_system"
-    return "ray_workers" if command.startswith("ray::") else "ray_system"
+        return "ray_system", "?"
+    if argv and argv[0].startswith("ray::"):
+        title = argv[0].split("(")[0]
+        return ("ray_system" if title in _RAY_AGENTS else "ray_workers"), title
+    named = next((os.path.basename(a) for a in argv if a.endswith(".py") or "raylet" in a or "gcs_server" in a),
+                 os.path.basename(argv[0]) if argv else "?")
+    return "ray_system", named
 
 
 class CpuSampler(threading.Thread):
@@ -162,6 +173,7 @@ class CpuSampler(threading.Thread):
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.kind: dict[int, str] = {}
+        self.names: dict[int, str] = {}
         self._halt = threading.Event()
         self._root = os.getpid()
         self._known: set[int] = set()
@@ -187,7 +199,7 @@ class CpuSampler(threading.Thread):
                     stack.append(child)
         for pid in seen:
             if pid not in self.kind:
-                self.kind[pid] = _proc_kind(pid, self.sim_pid)
+                self.kind[pid], self.names[pid] = _proc_kind(pid, self.sim_pid)
                 self.first[pid] = cpu[pid] if initial else 0.0
             self.last[pid] = cpu[pid]
 
@@ -201,8 +213,12 @@ class CpuSampler(threading.Thread):
         self.join()
         self._sample()
         totals: dict[str, float] = {"ray_workers": 0.0, "ray_system": 0.0, "sim": 0.0}
+        self.by_name: dict[str, float] = {}
         for pid, kind in self.kind.items():
-            totals[kind] += self.last[pid] - self.first[pid]
+            used = self.last[pid] - self.first[pid]
+            totals[kind] += used
+            name = f"{kind}:{self.names[pid]}"
+            self.by_name[name] = self.by_name.get(name, 0.0) + used
         return totals
 
 
@@ -288,6 +304,19 @@ def job_config(sim_url: str, data: dict[str, Any], out: Path, rpm: int | None) -
     }
 
 
+def start_private_ray() -> None:
+    """A local Ray of this benchmark alone, started as `pipeline.ensure_ray` starts one (no dashboard, all CPUs).
+
+    `address="local"`: a bare `ray.init()` joins whatever Ray another process runs on the machine (and dies with
+    it); a temp dir of its own: nobody else's bare `ray.init()` finds this one and puts work on its CPUs.
+    """
+    import ray
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+             _temp_dir=tempfile.mkdtemp(prefix="rtb-", dir="/tmp"))
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+
+
 def labels_written_at(root: Path) -> float:
     files = list((root / "labels").glob("*.parquet"))
     if not files:
@@ -368,6 +397,8 @@ def run_job(sim: SimProcess, data: dict[str, Any], out: Path, rpm: int | None) -
         "calls_per_s": calls / wall,
         "pairs_per_s": pairs / wall,
         "cpu_s": {"driver": round(driver, 2), **{k: round(v, 2) for k, v in cpu.items()}},
+        "cpu_s_by_process": {k: round(v, 2) for k, v in sorted(cpu_sampler.by_name.items(), key=lambda kv: -kv[1])
+                             if v >= 0.5},
         "cpu_s_per_1000_pairs": 1000 * ours / pairs,
         "cpu_s_per_1000_pairs_with_ray_daemons": 1000 * (ours + cpu["ray_system"]) / pairs,
         "timeline": timeline(samples, started, labelled_at, manifest["llm_calls"].get("guidelines", 0)),
@@ -404,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] (a) bare loop: {bare['calls_per_s']:.2f} calls/s", file=sys.stderr, flush=True)
 
             ray_started = time.monotonic()
-            ensure_ray(config_from_dict(job_config(sim.base_url, data, work / "unused", None)))
+            start_private_ray()
             figures["ray_start_s"] = round(time.monotonic() - ray_started, 2)
 
             job = run_job(sim, data, work / "out-unlimited", rpm=None)

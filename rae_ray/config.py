@@ -222,7 +222,9 @@ class StageComputeConfig(_Model):
 
 class ComputeConfig(_Model):
     ray_address: str | None = Field(
-        default=None, description="Ray address; None starts or joins a local Ray (RAY_ADDRESS is honoured)."
+        default=None,
+        description="Ray address ('auto' joins a cluster started with `ray start`); None starts a local Ray "
+        "unless RAY_ADDRESS is set (as under `ray job submit`).",
     )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray started by the job.")
     shuffle_partitions: int = Field(
@@ -242,9 +244,6 @@ class StoreConfig(_Model):
     enabled: bool = Field(default=True, description="Reuse guidelines and labels of earlier runs, and add new ones.")
     uri: str | None = Field(
         default=None, description="Label store folder or s3:// prefix; default <output.uri>/_store (beside the runs)."
-    )
-    shard_rows: int = Field(
-        default=512, ge=1, description="Results per store shard; a run killed mid-stage loses at most its open shards."
     )
 
 

@@ -141,12 +141,13 @@ def ensure_ray(config: RunConfig) -> None:
     if ray.is_initialized():
         return
     address = config.compute.ray_address or os.environ.get("RAY_ADDRESS")
-    if address is None:
+    local = address is None
+    if local:  # start a local Ray of our own ("auto" joins one started with `ray start`)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(
-        address=address,
-        num_cpus=config.compute.num_cpus if address is None else None,
-        include_dashboard=False if address is None else None,
+        address="local" if local else address,
+        num_cpus=config.compute.num_cpus if local else None,
+        include_dashboard=False if local else None,
         log_to_driver=True,
         logging_level=logging.WARNING,
     )
@@ -344,7 +345,8 @@ def _cached_stage(job: Job, ds, spec: StageSpec, stage_cls, stage_config: LLMSta
     )
     if job.store is not None:
         new = new.map_batches(
-            publish_shard, batch_format="pyarrow", batch_size=job.config.store.shard_rows,
+            # Each batch as it leaves the actor pool (no re-bundling, a fraction of a CPU): what is done is kept.
+            publish_shard, batch_format="pyarrow", batch_size=None, num_cpus=0.25,
             fn_kwargs={"uri": job.store.folder(spec.store_kind), "storage": job.storage, "run_id": job.run_id},
         )
     return (new if hits is None else hits.union(new)).materialize()

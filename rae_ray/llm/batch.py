@@ -8,7 +8,8 @@ Resumable: every step is recorded in `<state_uri>/batch-state.json` (a local fol
 next one starts, beside each part's input and downloaded results. A runner started again on the same state
 picks up the submitted batches instead of sending them again: requests whose `custom_id` is already in a part
 are not resubmitted, new ones go into new parts, results already downloaded are read from the state folder. A
-batch created just before a crash, before its id was recorded, is found again by its input file (`batches.list`).
+batch created just before a crash, before its id was recorded, is found again by its input file (`batches.list`);
+a file uploaded just before a crash is uploaded again (the first copy stays, unused, on the provider).
 """
 
 from __future__ import annotations

@@ -108,15 +108,13 @@ def test_worker_node_removed_mid_run(chorus, tmp_path):
     done = subprocess.run([sys.executable, str(CLUSTER_SCRIPT), str(tmp_path)], env=env, capture_output=True,
                           text=True, timeout=600)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    assert done.returncode == 0 and lines, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert lines, f"exit {done.returncode}, no report\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     report = json.loads(lines[-1])
     if report.get("skip"):
         pytest.skip(report["skip"])
     assert report["removed_node_had_annotate_actor"] and report["sent_before_removal"] < report["pairs"]
-    if report["error"] and "Budget" in report["other_actors_on_removed_node"] and "ActorDiedError" in report["error"]:
-        # Ray placed the run's budget actor on the same node (about 1 run in 8 here): see the test below.
-        pytest.xfail("the budget actor died with the node and is not restarted (pipeline change needed)")
-    assert report["error"] is None, report["error"]
+    assert "Budget" not in report["other_actors_on_removed_node"]  # it is kept on the driver's node
+    assert report["error"] is None, f"{report['error']}\n--- stderr ---\n{done.stderr[-4000:]}"
     pairs = expected_pairs(log)
     check_complete(tmp_path / "out" / "node-lost", report["manifest"], pairs)
 
