@@ -145,10 +145,12 @@ def _proc_stat(pid: int) -> tuple[int, float] | None:
 
 
 _RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+# Worker processes start as these scripts, then take a `ray::<task or actor>` title.
+_WORKER_SCRIPTS = ("default_worker.py", "setup_worker.py")
 
 
 def _proc_kind(pid: int, sim_pid: int | None) -> tuple[str, str]:
-    """(kind, name) of a descendant: the sim, a Ray worker (`ray::...` title) or one of Ray's daemons."""
+    """(kind, title) of a descendant now: the sim, a Ray worker (`ray::...` title, or still starting) or a daemon."""
     if pid == sim_pid:
         return "sim", "sim"
     try:
@@ -157,26 +159,26 @@ def _proc_kind(pid: int, sim_pid: int | None) -> tuple[str, str]:
     except OSError:
         return "ray_system", "?"
     if argv and argv[0].startswith("ray::"):
-        title = argv[0].split("(")[0]
+        title = argv[0].split(" ")[0][:60]
         return ("ray_system" if title in _RAY_AGENTS else "ray_workers"), title
     named = next((os.path.basename(a) for a in argv if a.endswith(".py") or "raylet" in a or "gcs_server" in a),
                  os.path.basename(argv[0]) if argv else "?")
-    return "ray_system", named
+    return ("ray_workers" if named in _WORKER_SCRIPTS else "ray_system"), named
 
 
 class CpuSampler(threading.Thread):
-    """CPU seconds of every descendant of this process, by kind, sampled from /proc."""
+    """CPU seconds of every descendant of this process, sampled from /proc; each sample's increase is booked to
+    what the process is at that moment (its kind and `ray::` title), so a worker's start-up, its tasks and its
+    actor show apart."""
 
     def __init__(self, sim_pid: int | None, interval_s: float = 0.25):
         super().__init__(daemon=True)
         self.sim_pid, self.interval_s = sim_pid, interval_s
-        self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
-        self.kind: dict[int, str] = {}
-        self.names: dict[int, str] = {}
+        self.by_kind: dict[str, float] = {"ray_workers": 0.0, "ray_system": 0.0, "sim": 0.0}
+        self.by_name: dict[str, float] = {}
         self._halt = threading.Event()
         self._root = os.getpid()
-        self._known: set[int] = set()
         self._sample(initial=True)
 
     def _sample(self, initial: bool = False) -> None:
@@ -187,7 +189,6 @@ class CpuSampler(threading.Thread):
                 stat = _proc_stat(int(name))
                 if stat is not None:
                     parents[int(name)], cpu[int(name)] = stat
-        # descendants of the driver
         children: dict[int, list[int]] = {}
         for pid, parent in parents.items():
             children.setdefault(parent, []).append(pid)
@@ -198,10 +199,13 @@ class CpuSampler(threading.Thread):
                     seen.add(child)
                     stack.append(child)
         for pid in seen:
-            if pid not in self.kind:
-                self.kind[pid], self.names[pid] = _proc_kind(pid, self.sim_pid)
-                self.first[pid] = cpu[pid] if initial else 0.0
+            before = self.last.get(pid, cpu[pid] if initial else 0.0)
             self.last[pid] = cpu[pid]
+            used = cpu[pid] - before
+            if used > 0:
+                kind, title = _proc_kind(pid, self.sim_pid)
+                self.by_kind[kind] += used
+                self.by_name[f"{kind}:{title}"] = self.by_name.get(f"{kind}:{title}", 0.0) + used
 
     def run(self) -> None:
         while not self._halt.wait(self.interval_s):
@@ -212,14 +216,7 @@ class CpuSampler(threading.Thread):
         self._halt.set()
         self.join()
         self._sample()
-        totals: dict[str, float] = {"ray_workers": 0.0, "ray_system": 0.0, "sim": 0.0}
-        self.by_name: dict[str, float] = {}
-        for pid, kind in self.kind.items():
-            used = self.last[pid] - self.first[pid]
-            totals[kind] += used
-            name = f"{kind}:{self.names[pid]}"
-            self.by_name[name] = self.by_name.get(name, 0.0) + used
-        return totals
+        return dict(self.by_kind)
 
 
 def _driver_cpu() -> float:

@@ -230,6 +230,17 @@ class ComputeConfig(_Model):
     shuffle_partitions: int = Field(
         default=64, ge=1, description="Most partitions of a hash shuffle (dedup, joins); fewer on small inputs."
     )
+    shuffle: Literal["sort", "hash"] = Field(
+        default="sort",
+        description="How group-bys and aggregates shuffle: 'sort' runs as tasks on pooled workers (no actors to "
+        "start: a 20-query run took 13 s against 17-21 s with 'hash' on 2 CPUs); 'hash' is Ray's hash shuffle "
+        "(aggregator actors), for very large logs on big clusters. Joins always hash-shuffle.",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=10,
+        description="Runs of the steps when Ray loses a node, worker or object mid-run; each attempt resumes from "
+        "the label store, so only what was not stored yet is sent again.",
+    )
     guidelines: StageComputeConfig = Field(default_factory=lambda: StageComputeConfig(batch_size=16))
     images: StageComputeConfig = Field(default_factory=lambda: StageComputeConfig(batch_size=16))
     captions: StageComputeConfig = Field(default_factory=lambda: StageComputeConfig(batch_size=16))

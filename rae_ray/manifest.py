@@ -84,7 +84,7 @@ def build_manifest(
         **counts,
         "llm_calls": {s: stage_usage[s]["llm_calls"] for s in stages},
         "cache_hits": {s: stage_usage[s]["cache_hits"] for s in stages},
-        "errors": {s: error_counts.get(s, 0) for s in ("input", *(["images"] if extra else []), *stages)},
+        "errors": {s: error_counts.get(s, 0) for s in ("input", *(["images"] if extra and "images" in extra else []), *stages)},
         "tokens": {
             s: {k: stage_usage[s][f"{k}_tokens"] for k in ("prompt", "completion", "cached")} for s in stages
         },

@@ -45,6 +45,7 @@ from rae_ray.stages.prepare import (
     add_guideline_ids,
     check_log_rows,
     error_records,
+    mark_duplicate_rows,
     invalid_rows,
     normalize_products,
     pair_problems,
@@ -110,6 +111,7 @@ class Job:
     layout: RunLayout
     store: LabelStore | None
     counts: dict[str, int] = field(default_factory=dict)
+    attempts_failed: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -138,6 +140,11 @@ def ensure_ray(config: RunConfig) -> None:
     """Join the configured or ambient Ray cluster, or start a local one."""
     import ray
 
+    from ray.data.context import ShuffleStrategy
+
+    context = ray.data.DataContext.get_current()
+    context.shuffle_strategy = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED,
+                                "hash": ShuffleStrategy.HASH_SHUFFLE}[config.compute.shuffle]
     if ray.is_initialized():
         return
     address = config.compute.ray_address or os.environ.get("RAY_ADDRESS")
@@ -151,7 +158,7 @@ def ensure_ray(config: RunConfig) -> None:
         log_to_driver=True,
         logging_level=logging.WARNING,
     )
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    context.enable_progress_bars = sys.stderr.isatty()
 
 
 def _stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, budget_actor: str | None) -> LLMStageConfig:
@@ -191,43 +198,50 @@ def start_budget(config: RunConfig, run_id: str):
 
     import ray
 
-    # On the driver's node (soft): it lives and dies with the run, not with a worker node that scales away.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    # On the driver's node: it lives and dies with the run, not with a worker node that scales away. Hard
+    # affinity: a soft one fell back to a worker node in CI (a raylet with a stale view of the cluster places it
+    # where it is asked); it needs no CPU, so the driver's node always has room, and that node outlives the run.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     handle = budget_actor_class().options(name=name, namespace="rae-ray", scheduling_strategy=here).remote(
         limits, config.max_cost_usd)
     return name, handle
 
 
 class KeyedStage:
-    """Runs an LLM stage and hands the store key of each input row through to its output row.
+    """Runs an LLM stage on store misses: hands each row's store key through, lays the output out as the spec
+    says, and publishes each batch's successful rows to the store the moment the batch is judged.
 
-    The key is the label store's business, not the stage's; stages keep their rows in input order.
+    Publishing from inside the actor (not from an operator downstream) is what makes a killed run lose at most
+    the batches in flight: Ray Data packs a task's output batches into one block and hands it on only when the
+    task ends, so a downstream writer sees nothing until a whole input block is done.
     """
 
-    def __init__(self, stage_cls, key: str, config: LLMStageConfig):
+    def __init__(self, stage_cls, key: str, output: list[str], config: LLMStageConfig,
+                 publish: dict[str, Any] | None = None):
         self.stage = stage_cls(config)
         self.key = key
+        self.output = output
+        self.publish = publish
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         out = await self.stage(batch)
         if self.key in batch.column_names and self.key not in out.column_names:
             out = out.append_column(self.key, batch.column(self.key))
+        out = conform(out, self.output)
+        if self.publish is not None:
+            await asyncio.to_thread(publish_shard, out, **self.publish)
         return out
 
 
-def _actor_map(ds, stage_cls, stage_config, compute: StageComputeConfig, key: str | None = None):
+def _actor_map(ds, fn, fn_kwargs: dict[str, Any], compute: StageComputeConfig):
     import ray
 
-    if key is not None:
-        fn, kwargs = KeyedStage, {"stage_cls": stage_cls, "key": key, "config": stage_config}
-    else:
-        fn, kwargs = stage_cls, {"config": stage_config}
     with warnings.catch_warnings():
         # Ray 2.60 flags every extra remote arg as deprecated; max_concurrency is how async actors overlap batches.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         return ds.map_batches(
             fn,
-            fn_constructor_kwargs=kwargs,
+            fn_constructor_kwargs=fn_kwargs,
             batch_format="pyarrow",
             batch_size=compute.batch_size,
             compute=ray.data.ActorPoolStrategy(
@@ -320,7 +334,7 @@ def conform(batch: pa.Table, spec_output: list[str]) -> pa.Table:
 
 def _cached_stage(job: Job, ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig,
                   compute: StageComputeConfig, prepare_misses=None):
-    """Store lookup -> actor pool on the misses (published to the store batch by batch) -> hits + new results."""
+    """Store lookup -> actor pool on the misses (each batch published to the store by the actor) -> hits + new."""
     from ray.data.expressions import col
 
     if job.store is None:
@@ -340,15 +354,11 @@ def _cached_stage(job: Job, ds, spec: StageSpec, stage_cls, stage_config: LLMSta
             return hits.materialize()
     if prepare_misses is not None:
         misses = prepare_misses(misses)
-    new = _actor_map(misses, stage_cls, stage_config, compute, spec.key).map_batches(
-        conform, batch_format="pyarrow", fn_kwargs={"spec_output": spec.output}
-    )
+    publish = None
     if job.store is not None:
-        new = new.map_batches(
-            # Each batch as it leaves the actor pool (no re-bundling, a fraction of a CPU): what is done is kept.
-            publish_shard, batch_format="pyarrow", batch_size=None, num_cpus=0.25,
-            fn_kwargs={"uri": job.store.folder(spec.store_kind), "storage": job.storage, "run_id": job.run_id},
-        )
+        publish = {"uri": job.store.folder(spec.store_kind), "storage": job.storage, "run_id": job.run_id}
+    new = _actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
+                                          "config": stage_config, "publish": publish}, compute)
     return (new if hits is None else hits.union(new)).materialize()
 
 
@@ -400,7 +410,13 @@ def read_log(job: Job, inputs: Inputs):
                 set_ranker, batch_format="pyarrow", fn_kwargs={"ranker": info.ranker})
         parts.append(part)
     checked = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    checked = checked.map_batches(check_log_rows, batch_format="pyarrow").materialize()
+    # Row checks, then whole queries: a product a ranker lists twice is reported, not counted twice by the metrics.
+    checked = (
+        checked.map_batches(check_log_rows, batch_format="pyarrow")
+        .groupby("query", num_partitions=job.parts)
+        .map_groups(mark_duplicate_rows, batch_format="pyarrow")
+        .materialize()
+    )
     job.counts["pairs_in_log"] = checked.count()
 
     queries_filter = None
@@ -452,6 +468,16 @@ def build_pairs(job: Job, inputs: Inputs, selected):
     )
     job.counts["pairs_unique"] = pairs.count()
     progress(f"{job.counts['rows_selected']} log rows selected -> {job.counts['pairs_unique']} unique (query, product) pairs")
+    if inputs.catalog is not None:
+        from ray.data.expressions import col
+
+        # A product_id the catalog lists twice with different content: one record is judged (the rule in
+        # `unique_pairs`), and the user hears of it.
+        conflicting = pairs.filter(expr=col("product_variants") > 1).count()
+        job.counts["pairs_with_conflicting_catalog_records"] = conflicting
+        if conflicting:
+            progress(f"warning: {conflicting} pairs have a product_id that {inputs.catalog.uri} lists more than once "
+                     "with different content; the record at the best rank was judged (column product_variants)")
     return pairs
 
 
@@ -482,7 +508,7 @@ def attach_images(job: Job, pairs, caption_config: LLMStageConfig | None):
         images=config.images, s3_endpoint_url=s3_endpoint(config.storage.s3_endpoint_url),
         s3_region=config.storage.s3_region, max_concurrent_requests=config.compute.images.max_concurrent_requests,
     )
-    fetched = _actor_map(urls, ImageStage, stage_config, config.compute.images).materialize()
+    fetched = _actor_map(urls, ImageStage, {"config": stage_config}, config.compute.images).materialize()
     job.counts["images"] = fetched.count()
     progress(f"images: {job.counts['images']} unique URLs fetched")
     images = Images(fetched=fetched)
@@ -661,6 +687,62 @@ def make_job(config: RunConfig, storage: Storage | None = None) -> Job:
     return Job(config=config, storage=storage, run_id=run_id, layout=RunLayout(join_uri(output, run_id)), store=store)
 
 
+def _steps(job: Job, inputs: Inputs, stage_configs: dict[str, LLMStageConfig]):
+    """Every step after validation: read, pair, images, guidelines, annotation, errors, metrics."""
+    prepare_run_folder(job)
+
+    t = time.monotonic()
+    checked, selected, segments = read_log(job, inputs)
+    pairs = build_pairs(job, inputs, selected)
+    job.timed("prepare", t)
+
+    t = time.monotonic()
+    pairs, images = attach_images(job, pairs, stage_configs.get("captions"))
+    if images.fetched is not None:
+        job.timed("images", t)
+
+    t = time.monotonic()
+    guidelines = write_guidelines(job, pairs, stage_configs["guidelines"])
+    progress(f"guidelines: {job.counts['queries']} queries in {job.timed('guidelines', t):.1f}s")
+
+    t = time.monotonic()
+    labels = write_labels(job, pairs, guidelines, images, stage_configs["annotate"])
+    progress(f"annotate: {job.counts['pairs_unique']} pairs in {job.timed('annotate', t):.1f}s")
+
+    error_counts = write_errors(job, checked, guidelines, labels, images)
+
+    t = time.monotonic()
+    evaluation = evaluate(job, inputs, checked, selected, pairs, labels, segments)
+    job.timed("metrics", t)
+
+    stage_usage = {"guidelines": usage_totals(guidelines), "annotate": usage_totals(labels)}
+    if images.captions is not None:
+        stage_usage["captions"] = usage_totals(images.captions)
+    return images, labels, error_counts, evaluation, stage_usage
+
+
+def lost_worker(error: BaseException) -> str | None:
+    """What was lost, if `error` is Ray losing a worker, an actor, a node or an object (not a bug of ours)."""
+    from ray import exceptions as rex
+
+    kinds = (rex.ActorDiedError, rex.ObjectLostError, rex.NodeDiedError, rex.WorkerCrashedError,
+             rex.ActorUnavailableError)
+    seen: set[int] = set()
+    stack = [error]
+    while stack:
+        current = stack.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kinds):
+            kind = next(k.__name__ for k in kinds if isinstance(current, k))
+            first = next((line.strip() for line in str(current).splitlines()
+                          if "died because" in line or "node" in line.lower()), "")
+            return f"{kind}{': ' + first[:200] if first else ''}"
+        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
+    return None
+
+
 def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
     """Run the whole job; returns where it wrote and what it measured."""
     import ray
@@ -679,39 +761,28 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
         stage: _stage_config(config, stage, getattr(config.compute, stage), budget) for stage in llm_stages(config)
     }
     try:
-        prepare_run_folder(job)
-
-        t = time.monotonic()
-        checked, selected, segments = read_log(job, inputs)
-        pairs = build_pairs(job, inputs, selected)
-        job.timed("prepare", t)
-
-        t = time.monotonic()
-        pairs, images = attach_images(job, pairs, stage_configs.get("captions"))
-        if images.fetched is not None:
-            job.timed("images", t)
-
-        t = time.monotonic()
-        guidelines = write_guidelines(job, pairs, stage_configs["guidelines"])
-        progress(f"guidelines: {job.counts['queries']} queries in {job.timed('guidelines', t):.1f}s")
-
-        t = time.monotonic()
-        labels = write_labels(job, pairs, guidelines, images, stage_configs["annotate"])
-        progress(f"annotate: {job.counts['pairs_unique']} pairs in {job.timed('annotate', t):.1f}s")
-
-        error_counts = write_errors(job, checked, guidelines, labels, images)
-
-        t = time.monotonic()
-        evaluation = evaluate(job, inputs, checked, selected, pairs, labels, segments)
-        by_ranker = evaluation.rankers
-        job.timed("metrics", t)
-
-        stage_usage = {"guidelines": usage_totals(guidelines), "annotate": usage_totals(labels)}
-        if images.captions is not None:
-            stage_usage["captions"] = usage_totals(images.captions)
+        attempts = config.compute.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                done = _steps(job, inputs, stage_configs)
+                break
+            except Exception as error:
+                fatal = fatal_endpoint_error(error)
+                if fatal is not None:
+                    # A key revoked mid-run (401/403 in an actor): a clean error, as at preflight.
+                    raise FatalEndpointError(f"{fatal} (mid-run; what was judged before is in the label store)") from None
+                lost = lost_worker(error)
+                if lost is None or attempt == attempts:
+                    raise
+                # What the lost node held is gone with it (blocks made by actors cannot be recomputed); what was
+                # judged is in the store. Run the steps again: only the pairs not yet stored are sent.
+                progress(f"attempt {attempt} of {attempts} failed: {lost}; resuming from the label store")
+                job.attempts_failed.append(lost)
         budget_state = ray.get(budget_handle.state.remote())
     finally:
         ray.kill(budget_handle)
+    images, labels, error_counts, evaluation, stage_usage = done
+    by_ranker = evaluation.rankers
     job.seconds["total"] = time.monotonic() - started
     status = "succeeded"
     if budget_state.get("stopped"):
@@ -722,11 +793,36 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
         stage_usage=stage_usage, error_counts=error_counts, seconds=job.seconds,
         rankers=sorted(by_ranker["ranker"].unique().to_list()) if by_ranker.height else [],
         status=status, store=job.store.uri if job.store else None,
-        extra=_image_counts(images, labels),
+        extra={**_image_counts(images, labels),
+               # llm_calls and tokens count the last attempt; the calls of failed attempts are in the store.
+               "attempts": 1 + len(job.attempts_failed), "attempts_failed": job.attempts_failed},
     )
     job.storage.write_json(job.layout.manifest, manifest)
     write_report(evaluation, manifest, job.storage, job.layout)
     return RunResult(root=job.layout.root, manifest=manifest, rankers=by_ranker, seconds=job.seconds)
+
+
+def fatal_endpoint_error(error: BaseException) -> FatalEndpointError | None:
+    """The `FatalEndpointError` an actor raised, found inside Ray's wrappers.
+
+    Ray Data hands a UDF's exception to the driver as RayTaskError(UserCodeException), whose text is the worker's
+    traceback: the original exception object does not travel, its last line (type: message) does.
+    """
+    marker = f"{FatalEndpointError.__module__}.{FatalEndpointError.__qualname__}: "
+    seen: set[int] = set()
+    stack = [error]
+    while stack:
+        current = stack.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if type(current) is FatalEndpointError:
+            return current
+        text = str(current)
+        if marker in text:
+            return FatalEndpointError(text[text.rindex(marker) + len(marker):].splitlines()[0].strip())
+        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
+    return None
 
 
 def _image_counts(images: Images, labels) -> dict[str, Any]:

@@ -28,7 +28,12 @@ def ranker_table(rankers: pl.DataFrame, k: int) -> str:
             return f"{entry[metric]['value']:.4f}" if metric in entry else "-"
 
         ndcg = entry.get("ndcg")
-        ndcg_text = f"{ndcg['value']:.4f} [{ndcg['ci_low']:.3f}, {ndcg['ci_high']:.3f}]" if ndcg else "-"
+        ndcg_text = "-"
+        bounds = (ndcg or {}).get("ci_low"), (ndcg or {}).get("ci_high")
+        if ndcg and all(b is not None and b == b for b in bounds):  # b == b: not NaN
+            ndcg_text = f"{ndcg['value']:.4f} [{ndcg['ci_low']:.3f}, {ndcg['ci_high']:.3f}]"
+        elif ndcg:  # metrics.bootstrap = 0, or too few queries: no interval
+            ndcg_text = f"{ndcg['value']:.4f} [no CI]"
         lines.append([ranker, ndcg_text, value("precision"), value("share_irrelevant"), value("mean_grade"), str(entry["n"])])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731

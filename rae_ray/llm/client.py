@@ -144,6 +144,7 @@ class LLMClient:
             api_key=self._secret, base_url=endpoint.base_url, max_retries=0, timeout=endpoint.timeout_s
         )
         self._semaphore = asyncio.Semaphore(max_concurrent)
+        self._fatal: FatalEndpointError | None = None
         self._budget = budget
         self._price = price
 
@@ -184,6 +185,8 @@ class LLMClient:
             stop = None
             try:
                 async with self._semaphore:
+                    if self._fatal is not None:
+                        raise FatalEndpointError(*self._fatal.args)
                     # Budget inside the semaphore: a call waiting for a slot holds no permit, and learns of a
                     # cost limit reached while it waited.
                     if self._budget is not None:
@@ -192,10 +195,12 @@ class LLMClient:
                         result.calls += 1
                         response = await self._client.chat.completions.create(messages=messages, **kwargs)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-                raise FatalEndpointError(
-                    f"endpoint {self.endpoint.base_url} refused the API key ({error.status_code}): "
-                    + redact(str(error.message), (self._secret,))
-                ) from None
+                # Sticky: the calls queued behind this one stop without a request of their own.
+                self._fatal = FatalEndpointError(
+                    f"endpoint {self.endpoint.base_url} refused the API key ({error.status_code}); check "
+                    f"{self.endpoint.api_key_env}: " + redact(str(error.message), (self._secret,))
+                )
+                raise self._fatal from None
             except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError, openai.ConflictError) as error:
                 wait = _retry_after(error) if isinstance(error, openai.APIStatusError) else None
                 if await self._retry(result, error, transport_failures, wait):

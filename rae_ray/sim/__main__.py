@@ -43,6 +43,7 @@ def build_parser(prog: str = "python -m rae_ray.sim") -> argparse.ArgumentParser
     parser.add_argument("--retry-after-s", type=int, help=doc("retry_after_s"))
     parser.add_argument("--seed", type=int, help=doc("seed"))
     parser.add_argument("--api-key", help=doc("api_key"))
+    parser.add_argument("--revoke-key-after", type=int, help=doc("revoke_key_after"))
     parser.add_argument("--prefix-cache-size", type=int, help=doc("prefix_cache_size"))
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, help=doc("access_log"))
     parser.add_argument("--record-requests", type=int, help=doc("record_requests"))

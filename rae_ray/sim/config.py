@@ -43,6 +43,10 @@ class SimConfig(BaseModel):
     api_key: SecretStr | None = Field(
         None, description=f"If set, requests need 'Authorization: Bearer <key>' (CLI: --api-key or ${API_KEY_ENV})."
     )
+    revoke_key_after: int | None = Field(
+        None, ge=0, description="With api_key: refuse the key (401) on every completion after the first N, as if it "
+                                "were revoked mid-run (GET /v1/models keeps accepting it, so preflight passes)."
+    )
     prefix_cache_size: int = Field(10_000, ge=0, description="Prompt prefixes remembered for cached_tokens (LRU).")
     access_log: bool = Field(False, description="Log every request to stderr (slows the server down).")
     record_requests: int = Field(

@@ -354,6 +354,7 @@ class SimServer:
         self.recorded: collections.deque[dict[str, Any]] | None = (
             collections.deque(maxlen=config.record_requests) if config.record_requests else None)
         self._auth = (f"Bearer {config.api_key.get_secret_value()}" if config.api_key else None)
+        self._completions_authorized = 0
         thresholds, total = [], 0.0
         for kind in ERROR_KINDS:
             total += config.error_rate(kind)
@@ -362,9 +363,13 @@ class SimServer:
 
     # -- helpers
 
-    def _check_auth(self, request: web.Request) -> None:
+    def _check_auth(self, request: web.Request, completion: bool = False) -> None:
         presented = request.headers.get("Authorization", "")
-        if self._auth is not None and presented != self._auth:
+        revoked = False
+        if completion and self.config.revoke_key_after is not None:
+            self._completions_authorized += 1
+            revoked = self._completions_authorized > self.config.revoke_key_after
+        if self._auth is not None and (presented != self._auth or revoked):
             # Like OpenAI's 401, the message echoes the presented key, masked: clients must not pass it on.
             key = presented.removeprefix("Bearer ").strip()
             if not key:
@@ -460,7 +465,7 @@ class SimServer:
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         stats = self.stats
-        self._check_auth(request)
+        self._check_auth(request, completion=True)
         raw = await request.read()
         stats.request_bytes_max = max(stats.request_bytes_max, len(raw))
         try:

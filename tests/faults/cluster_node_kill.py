@@ -52,7 +52,9 @@ def main(folder: Path) -> int:
             "num_cpus": 0, "object_store_memory": STORE_BYTES, "include_dashboard": False,
             # A node slow to answer on a loaded machine is not dead (a killed one fails its checks at once).
             "_system_config": {"health_check_timeout_ms": 30_000}})
-        workers = [cluster.add_node(num_cpus=1, object_store_memory=STORE_BYTES) for _ in range(2)]
+        # Two CPUs a node (logical): with a single 1-CPU node left, Ray Data deadlocks on its own (a join's
+        # aggregator holds 0.25 CPU while the catalog read waits for a whole one), whatever the job does.
+        workers = [cluster.add_node(num_cpus=2, object_store_memory=STORE_BYTES) for _ in range(2)]
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="WARNING")
     except Exception as error:  # noqa: BLE001 - reported as a skip with its reason

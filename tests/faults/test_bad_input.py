@@ -329,7 +329,7 @@ def test_job_reports_every_bad_row_and_labels_each_pair_once(bad_input_run):
     root, manifest = bad_input_run["root"], bad_input_run["manifest"]
     labels, errors = read_folder(root / "labels"), read_folder(root / "errors")
     all_input_reasons = errors.filter(pl.col("stage") == "input")["reason"].to_list()
-    input_reasons = sorted(r for r in all_input_reasons if not r.startswith("duplicate:"))  # see the xfail below
+    input_reasons = sorted(r for r in all_input_reasons if not r.startswith("duplicate:"))  # see the test below
     assert input_reasons == sorted(["null query", "empty query", f"query longer than {MAX_QUERY_CHARS} characters",
                                     "empty product_id", "null ranker", "empty ranker", "rank below 1", "null rank",
                                     "invalid UTF-8 in query"])
@@ -342,6 +342,7 @@ def test_job_reports_every_bad_row_and_labels_each_pair_once(bad_input_run):
     assert by_product["huge"]["grade"] is not None and by_product["dup"]["grade"] is not None
     assert manifest["labelled"] + manifest["errors"]["annotate"] == manifest["pairs_unique"]
     assert manifest["errors"]["input"] == len(all_input_reasons) and manifest["pairs_in_log"] == bad_input_run["good"].height + 16
+    assert manifest["pairs_with_conflicting_catalog_records"] == 1  # (red mug, dup): the catalog lists dup twice
 
 
 def test_job_never_sends_the_megabyte_title(bad_input_run):
@@ -351,8 +352,6 @@ def test_job_never_sends_the_megabyte_title(bad_input_run):
     assert max(sizes.values()) < 1_000_000, sizes  # nor copies it into an output (report, review queue, labels)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the pipeline change: read_log marks duplicate log rows "
-                                       "(prepare.mark_duplicate_rows per query); see the fault-tests report")
 def test_job_reports_duplicate_log_rows_and_keeps_ndcg_at_most_one(bad_input_run):
     root = bad_input_run["root"]
     errors = read_folder(root / "errors")

@@ -18,7 +18,7 @@ from rae_ray.llm.client import FatalEndpointError, LLMClient, redact
 from rae_ray.llm.prompts import guideline_messages
 from rae_ray.llm.schemas import GUIDELINE_SCHEMA_NAME, QueryGuideline
 from rae_ray.sim.process import SimThread
-from tests.faults.conftest import KEY_ENV, PLANTED_KEY
+from tests.faults.conftest import KEY_ENV, PLANTED_KEY, chorus_subset, run_cli
 from tests.helpers import base_config
 
 PLANTED_MIDDLE = "PLANTED-0123456789"
@@ -128,6 +128,34 @@ def test_key_refused_mid_run_stops_at_once_without_leaking_it():
     message = str(raised.value)
     assert "401" in message and "Incorrect API key provided" in message  # the endpoint's own words, redacted
     assert leaks(message) == [] and PLANTED_KEY[:8] not in message and "[REDACTED]" in message
+
+
+def test_job_whose_key_is_revoked_mid_run_exits_2_and_keeps_what_was_judged(ray_local, chorus, tmp_path, monkeypatch):
+    """The whole job: the endpoint accepts the key for 40 completions, then answers 401. The run stops with exit
+    code 2 and the endpoint's reason (not Ray's traceback), stops sending, leaks no key, and the judgements made
+    before the revocation are in the label store for the next run."""
+    log, catalog = chorus_subset(chorus, 12)
+    log.write_parquet(tmp_path / "log.parquet")
+    catalog.write_parquet(tmp_path / "catalog.parquet")
+    monkeypatch.setenv(KEY_ENV, PLANTED_KEY)
+    with SimThread(api_key=PLANTED_KEY, revoke_key_after=40, latency_ms=20) as sim:
+        config = base_config(sim.base_url, tmp_path / "out", run_id="revoked")
+        config["input"] = {"log": str(tmp_path / "log.parquet"), "catalog": str(tmp_path / "catalog.parquet")}
+        config["llm"]["endpoints"]["default"].update(api_key_env=KEY_ENV, api_key_required=True, max_retries=6)
+        config["compute"]["annotate"] = {"max_actors": 1, "batch_size": 8, "max_concurrent_batches": 2,
+                                         "max_concurrent_requests": 4}
+        run = run_cli(config, tmp_path, sim)
+    assert run.code == 2, run.stderr[-3000:]
+    assert "refused the API key (401)" in run.stderr and "mid-run" in run.stderr and KEY_ENV in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("rae-ray: error: endpoint ")
+    assert "Traceback" not in run.stderr and "UserCodeException" not in run.stderr
+    refused = run.stats["by_status"].get("401", 0)
+    # No retries of a refused key: at most the requests already in flight when the first 401 came back.
+    assert 1 <= refused <= 2 * 4, run.stats
+    assert leaks(run.stdout + run.stderr + run.logs) == []
+    stored = list((tmp_path / "out" / "_store" / "labels").glob("*.parquet"))
+    assert stored and 0 < sum(pq.read_metadata(p).num_rows for p in stored) <= 40
+    assert not (tmp_path / "out" / "revoked" / "manifest.json").exists()  # not a finished run
 
 
 def test_redact_removes_whole_partial_and_masked_keys():

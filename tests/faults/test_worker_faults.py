@@ -99,7 +99,7 @@ CLUSTER_SCRIPT = Path(__file__).with_name("cluster_node_kill.py")
 
 
 def test_worker_node_removed_mid_run(chorus, tmp_path):
-    """In a subprocess (its own Ray cluster, not the session's): head + 2 worker nodes; the node running the
+    """In a subprocess (its own Ray cluster, not the session's): head + 2 worker nodes of 2 CPUs; the node running the
     annotation actor is removed mid-run."""
     log, catalog = chorus_subset(chorus, N_QUERIES)
     log.write_parquet(tmp_path / "log.parquet")

@@ -139,9 +139,6 @@ def _run_in_subprocess(config: dict, path, env_extra: dict) -> subprocess.Popen:
     )
 
 
-@pytest.mark.skip(reason="open defect (issue 3): on this 605-pair input no label shard reaches the store before "
-                  "two thirds of the judgements are served, so the driver cannot be killed mid-stage here; "
-                  "benchmarks/repeat.py shows the resume guarantees on the full sample")
 def test_resume_after_the_driver_is_killed(ray_local, tmp_path, subset):
     """Kill the driver mid-annotation; rerun with the same run id: exactly one label per unique pair."""
     from rae_ray.sim.process import SimProcess

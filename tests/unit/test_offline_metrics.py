@@ -42,3 +42,15 @@ def test_missing_label_column_is_named(chorus, tmp_path, capsys):
                  "--label-column", "nope", "--out", str(tmp_path)])
     assert code == 2
     assert "missing column 'nope'" in capsys.readouterr().err
+
+
+def test_ranker_table_without_confidence_intervals():
+    """metrics.bootstrap = 0 leaves the bounds empty (null or NaN): the table says so instead of failing."""
+    from rae_ray.table import ranker_table
+
+    rows = [{"ranker": r, "k": 10, "metric": "ndcg", "value": v, "ci_low": low, "ci_high": high, "n_queries": 3}
+            for r, v, low, high in (("a", 0.5, None, None), ("b", 0.75, float("nan"), float("nan")), ("c", 0.25, 0.1, 0.4))]
+    table = ranker_table(pl.DataFrame(rows), 10)
+    lines = table.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["b", "a", "c"]
+    assert "0.7500 [no CI]" in lines[2] and "0.5000 [no CI]" in lines[3] and "0.2500 [0.100, 0.400]" in lines[4]
