@@ -179,6 +179,14 @@ class StageModelConfig(_Model):
         description="Reply length `rae-ray estimate` assumes; default: the mean in the label store, else 300 "
         "for guidelines, 120 for captions, 80 for judgements.",
     )
+    batch: bool = Field(
+        default=False,
+        description="llm.annotate only: send the judgements through the endpoint's Batch API (/v1/files, "
+        "/v1/batches; OpenAI bills half, answers within batch_completion_window). Each Ray Data batch of "
+        "compute.annotate.batch_size pairs becomes one provider batch; resumable (state under the label store).",
+    )
+    batch_poll_s: float = Field(default=30.0, gt=0, description="Seconds between polls of a submitted batch.")
+    batch_completion_window: str = Field(default="24h", description="completion_window of the batches.")
 
 
 class LLMConfig(_Model):
@@ -188,6 +196,14 @@ class LLMConfig(_Model):
     captions: StageModelConfig | None = Field(
         default=None, description="Vision model describing product images (images.mode: caption)."
     )
+
+    @model_validator(mode="after")
+    def _batch_only_for_annotation(self) -> LLMConfig:
+        for stage in ("guidelines", "captions"):
+            if getattr(self, stage) is not None and getattr(self, stage).batch:
+                raise ValueError(f"llm.{stage}.batch: batch mode is for llm.annotate only (the other stages feed "
+                                 "it and are small)")
+        return self
 
     @model_validator(mode="after")
     def _endpoints_exist(self) -> LLMConfig:
@@ -283,6 +299,9 @@ class Price(_Model):
     input_per_1m: float = Field(ge=0, description="USD per 1M prompt tokens.")
     cached_input_per_1m: float = Field(ge=0, description="USD per 1M cached prompt tokens.")
     output_per_1m: float = Field(ge=0, description="USD per 1M completion tokens.")
+    batch_factor: float = Field(
+        default=0.5, ge=0, le=1, description="Share of these prices paid through a Batch API (OpenAI: 0.5)."
+    )
 
 
 class ImageConfig(_Model):

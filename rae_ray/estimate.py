@@ -101,8 +101,9 @@ def _price(config: RunConfig, stage: str, estimate: StageEstimate) -> float | No
     if price is None:
         return None
     uncached = estimate.prompt_tokens - estimate.cached_tokens
-    return (uncached * price.input_per_1m + estimate.cached_tokens * price.cached_input_per_1m
-            + estimate.completion_tokens * price.output_per_1m) / 1e6
+    factor = price.batch_factor if getattr(config.llm, stage).batch else 1.0
+    return factor * (uncached * price.input_per_1m + estimate.cached_tokens * price.cached_input_per_1m
+                     + estimate.completion_tokens * price.output_per_1m) / 1e6
 
 
 def estimate(config: RunConfig) -> Estimate:

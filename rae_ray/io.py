@@ -148,22 +148,26 @@ class Storage:
         return pa.concat_tables([pq.read_table(f, filesystem=fs, columns=columns) for f in files]) if files else None
 
 
-def atomic_parquet_sink(uri: str, storage: Storage, prefix: str):
-    """A datasink writing every block as `<prefix>-<uuid>.parquet` under `uri` via `Storage.write_table`."""
+def atomic_parquet_sink(uri: str, storage: Storage, prefix: str, rows_per_file: int = 50_000):
+    """A datasink writing each write task's blocks as one `<prefix>-<uuid>.parquet` under `uri` (via
+    `Storage.write_table`: written, then made visible); Ray Data bundles about `rows_per_file` rows per task, so
+    many small blocks (an actor pool's output) do not become many small files."""
     from ray.data.block import BlockAccessor
     from ray.data.datasource.datasink import Datasink
 
     class _Sink(Datasink):
+        @property
+        def min_rows_per_write(self) -> int:
+            return rows_per_file
+
         def write(self, blocks, ctx) -> list[str]:
-            written = []
-            for block in blocks:
-                table = BlockAccessor.for_block(block).to_arrow()
-                if table.num_rows == 0:
-                    continue
-                name = f"{prefix}-{uuid.uuid4().hex}.parquet"
-                storage.write_table(join_uri(uri, name), table)
-                written.append(name)
-            return written
+            tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
+            if not tables:
+                return []
+            table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+            name = f"{prefix}-{uuid.uuid4().hex}.parquet"
+            storage.write_table(join_uri(uri, name), table)
+            return [name]
 
         def get_name(self) -> str:
             return "AtomicParquet"

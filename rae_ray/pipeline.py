@@ -57,6 +57,7 @@ from rae_ray.stages.prepare import (
 logger = logging.getLogger("rae_ray")
 
 STORED_PREFIX = "stored_"
+ROWS_PER_BLOCK = 10_000
 ROWS_PER_PARTITION = 50_000
 
 
@@ -161,7 +162,8 @@ def ensure_ray(config: RunConfig) -> None:
     context.enable_progress_bars = sys.stderr.isatty()
 
 
-def _stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, budget_actor: str | None) -> LLMStageConfig:
+def _stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, budget_actor: str | None,
+                  batch_state_uri: str | None = None) -> LLMStageConfig:
     endpoint = config.llm.endpoint_for(stage)
     model = getattr(config.llm, stage)
     in_flight = compute.max_concurrent_requests
@@ -175,6 +177,9 @@ def _stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, bu
         max_concurrent_requests=in_flight,
         budget_actor=budget_actor,
         price=config.pricing.get(model.model),
+        batch_state_uri=join_uri(batch_state_uri, stage) if model.batch and batch_state_uri else None,
+        s3_endpoint_url=config.storage.s3_endpoint_url,
+        s3_region=config.storage.s3_region,
     )
 
 
@@ -236,6 +241,9 @@ class KeyedStage:
 def _actor_map(ds, fn, fn_kwargs: dict[str, Any], compute: StageComputeConfig):
     import ray
 
+    # One block per batch: an actor pool hands out whole blocks, so a stage fed one big block (a small shuffle's
+    # single partition) ran on one actor while the others idled (measured: half the endpoint's ceiling).
+    ds = ds.repartition(target_num_rows_per_block=compute.batch_size)
     with warnings.catch_warnings():
         # Ray 2.60 flags every extra remote arg as deprecated; max_concurrency is how async actors overlap batches.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
@@ -359,7 +367,8 @@ def _cached_stage(job: Job, ds, spec: StageSpec, stage_cls, stage_config: LLMSta
         publish = {"uri": job.store.folder(spec.store_kind), "storage": job.storage, "run_id": job.run_id}
     new = _actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
                                           "config": stage_config, "publish": publish}, compute)
-    return (new if hits is None else hits.union(new)).materialize()
+    # Batch-sized blocks out of the pool, joined up again: the steps after this one pay per block.
+    return (new if hits is None else hits.union(new)).repartition(target_num_rows_per_block=ROWS_PER_BLOCK).materialize()
 
 
 def _write(job: Job, ds, uri: str, prefix: str) -> None:
@@ -757,8 +766,11 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
     progress(f"output: {job.layout.root}" + (f"; label store: {job.store.uri}" if job.store else ""))
     ensure_ray(config)
     budget, budget_handle = start_budget(config, job.run_id)
+    # Batch mode's state (submitted batches, their files): beside the store, so a rerun picks them up.
+    batch_root = join_uri(job.store.uri if job.store else job.layout.root, "batches", job.run_id)
     stage_configs = {
-        stage: _stage_config(config, stage, getattr(config.compute, stage), budget) for stage in llm_stages(config)
+        stage: _stage_config(config, stage, getattr(config.compute, stage), budget, batch_root)
+        for stage in llm_stages(config)
     }
     try:
         attempts = config.compute.max_attempts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pyarrow as pa
@@ -84,37 +85,68 @@ class AnnotateStage:
                 return None, None, CAPTION_FAILED
         return (None, row["image_data_url"], "ok") if row["image_data_url"] else (None, None, "error")
 
-    def _call(self, row: dict, guideline: dict, caption: dict | None, data_url: str | None):
-        model = self.config.model
-        messages = annotation_messages(
+    def _messages(self, row: dict, guideline: dict, caption: dict | None, data_url: str | None) -> list[dict]:
+        return annotation_messages(
             row["query"], guideline, self.config.scale, product_for_prompt(row), caption=caption, image_data_url=data_url
         )
-        return self.client.structured(
-            messages, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model.model, model.temperature,
-            model.max_output_tokens, check=self._check,
+
+    async def _judge(self, rows: list[dict], messages: list[list[dict] | None]) -> list[CallResult | None]:
+        """One result per row (None where there is nothing to send): online calls gathered under the client's
+        semaphore, or, in batch mode, one provider batch for the lot."""
+        model = self.config.model
+        if not model.batch:
+            return await gather_calls([
+                None if m is None else self.client.structured(
+                    m, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model.model, model.temperature,
+                    model.max_output_tokens, check=self._check)
+                for m in messages])
+        return await self._judge_in_batch(rows, messages)
+
+    async def _judge_in_batch(self, rows: list[dict], messages: list[list[dict] | None]) -> list[CallResult | None]:
+        from rae_ray.io import Storage, join_uri
+        from rae_ray.llm.batch import BatchRequest, BatchRunner
+
+        model = self.config.model
+        ids = [_custom_id(row, m) if m is not None else None for row, m in zip(rows, messages)]
+        requests = [BatchRequest(i, m) for i, m in zip(ids, messages) if m is not None]
+        if not requests:
+            return [None] * len(rows)
+        # The same requests find the same state again (a rerun picks up the batch it submitted before).
+        name = hashlib.sha256(json.dumps(sorted(r.custom_id for r in requests)).encode()).hexdigest()[:20]
+        runner = BatchRunner(
+            self.config.endpoint, self.config.api_key, join_uri(self.config.batch_state_uri, name),
+            storage=Storage(self.config.s3_endpoint_url, self.config.s3_region), poll_interval_s=model.batch_poll_s,
+            completion_window=model.batch_completion_window, metadata={"rae_ray_stage": "annotate"},
         )
+        try:
+            by_id = await runner.run(requests, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model.model,
+                                     model.temperature, model.max_output_tokens, check=self._check)
+        finally:
+            await runner.close()
+        return [by_id[i] if i is not None else None for i in ids]
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         missing_columns(batch, self.required_columns, "AnnotateStage")
         rows = batch.to_pylist()
         model = self.config.model
-        calls, statuses, images = [], [], []
+        messages, statuses, images = [], [], []
         for row in rows:
             caption, data_url, status = self._image_inputs(row)
             statuses.append(status)
             images.append(data_url)
             if row["pair_error"] is not None or row["guideline"] is None:
-                calls.append(None)
+                messages.append(None)
                 continue
-            calls.append(self._call(row, json.loads(row["guideline"]), caption, data_url))
-        results = await gather_calls(calls)
+            messages.append(self._messages(row, json.loads(row["guideline"]), caption, data_url))
+        results = await self._judge(rows, messages)
         # Direct mode: an image the endpoint refuses must not cost the label: judge that pair on text alone.
         retry = [
             i for i, r in enumerate(results)
             if r is not None and r.value is None and images[i] and (r.error or "").startswith(_IMAGE_REFUSAL)
         ]
         if retry:
-            again = await gather_calls([self._call(rows[i], json.loads(rows[i]["guideline"]), None, None) for i in retry])
+            again = await self._judge([rows[i] for i in retry], [
+                self._messages(rows[i], json.loads(rows[i]["guideline"]), None, None) for i in retry])
             for i, result in zip(retry, again):
                 _add_usage(result, results[i])
                 results[i], statuses[i] = result, IMAGE_REJECTED
@@ -148,6 +180,14 @@ class AnnotateStage:
                 **usage_columns(results),
             }
         )
+
+
+def _custom_id(row: dict, messages: list[dict]) -> str:
+    """A batch request's id: the pair's store key and a hash of what is sent (an image dropped on retry differs)."""
+    sent = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:12]
+    key = row.get("label_key") or hashlib.sha256(
+        json.dumps([row["query"], row["product_id"], row.get("guideline_id")]).encode()).hexdigest()[:24]
+    return f"{key}-{sent}"
 
 
 def _add_usage(result: CallResult, earlier: CallResult) -> None:

@@ -28,6 +28,10 @@ class LLMStageConfig(BaseModel):
     budget_actor: str | None = None
     budget_namespace: str = "rae-ray"
     price: Price | None = None
+    # Batch mode (model.batch): where the batches' state and files go, and the S3 settings to reach it.
+    batch_state_uri: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
 
     @property
     def limit_key(self) -> str:

@@ -146,3 +146,40 @@ def test_demo_command(ray_local, tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["cost_usd"]["total"] > 0
     assert read_output(out, "labels").height == manifest["pairs_unique"] == manifest["llm_calls"]["annotate"]
+
+
+def test_annotation_through_the_batch_api(ray_local, chorus, tmp_path):
+    """llm.annotate.batch: the judgements go through /v1/files + /v1/batches, not one online call each; labels,
+    store and manifest are the same as online; the cost is the batch share of the price; a rerun sends nothing."""
+    from rae_ray.sim.process import SimProcess
+
+    log = pl.read_parquet(chorus / "search_log.parquet")
+    queries = sorted(log["query"].unique())[:8]
+    log.filter(pl.col("query").is_in(queries)).write_parquet(tmp_path / "log.parquet")
+    pairs = log.filter(pl.col("query").is_in(queries) & (pl.col("rank") <= 10)).select("query", "product_id").unique()
+    with SimProcess(latency_ms=5) as sim:
+        config = base_config(sim.base_url, tmp_path / "out", run_id="batched")
+        config["input"] = {"log": str(tmp_path / "log.parquet"), "catalog": "sample:products.parquet"}
+        config["llm"]["annotate"].update(batch=True, batch_poll_s=0.2)
+        config["compute"]["annotate"] = {"batch_size": 64, "max_actors": 2}
+        config["pricing"] = {"sim-judge": {"input_per_1m": 1.0, "cached_input_per_1m": 0.5, "output_per_1m": 2.0}}
+        manifest = run(config_from_dict(config)).manifest
+        online, batches = sim.stats(), sim._call("GET", "/stats/batches")
+        again = run(config_from_dict({**config, "run_id": "batched-again"})).manifest
+        after = sim._call("GET", "/stats/batches")
+    root = tmp_path / "out" / "batched"
+    labels = read_output(root, "labels")
+    assert labels.height == labels.select("query", "product_id").n_unique() == pairs.height
+    assert labels["grade"].null_count() == 0 and labels["reasoning"].str.starts_with("[simulated judge]").all()
+    # Online: only the guidelines; the judgements came through batches of at most 64 requests.
+    assert online["by_schema"].get("relevance_judgement", 0) == 0
+    assert online["requests_total"] == len(queries)
+    assert batches["batch_requests"] == pairs.height
+    assert batches["batches_created"] == batches["batches_completed"] >= -(-pairs.height // 64)
+    assert manifest["llm_calls"] == {"guidelines": len(queries), "annotate": pairs.height}
+    tokens = manifest["tokens"]["annotate"]
+    full = ((tokens["prompt"] - tokens["cached"]) * 1.0 + tokens["cached"] * 0.5 + tokens["completion"] * 2.0) / 1e6
+    assert tokens["prompt"] > 0 and manifest["cost_usd"]["annotate"] == pytest.approx(0.5 * full, rel=1e-3)
+    stored = list((tmp_path / "out" / "_store" / "labels").glob("*.parquet"))
+    assert sum(pq.read_metadata(p).num_rows for p in stored) == pairs.height
+    assert again["llm_calls"] == {"guidelines": 0, "annotate": 0} and after["batches_created"] == batches["batches_created"]

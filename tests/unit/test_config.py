@@ -89,3 +89,13 @@ def test_shipped_configs_load(monkeypatch):
         else:
             config = load_config(path)
             assert config.llm.annotate.model
+
+
+def test_batch_mode_is_for_annotation_only():
+    from rae_ray.config import ConfigError, config_from_dict
+
+    minimal = {"input": {"log": "x"}, "llm": {"endpoints": {"default": {"base_url": "http://127.0.0.1:9/v1"}},
+                                              "guidelines": {"model": "g"}, "annotate": {"model": "a"}}}
+    assert config_from_dict(minimal, ["llm.annotate.batch=true"]).llm.annotate.batch is True
+    with pytest.raises(ConfigError, match="batch mode is for llm.annotate only"):
+        config_from_dict(minimal, ["llm.guidelines.batch=true"])
