@@ -164,7 +164,7 @@ def atomic_parquet_sink(uri: str, storage: Storage, prefix: str, rows_per_file: 
             tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
             if not tables:
                 return []
-            table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+            table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
             name = f"{prefix}-{uuid.uuid4().hex}.parquet"
             storage.write_table(join_uri(uri, name), table)
             return [name]
