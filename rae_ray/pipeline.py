@@ -736,6 +736,17 @@ def lost_worker(error: BaseException) -> str | None:
 
     kinds = (rex.ActorDiedError, rex.ObjectLostError, rex.NodeDiedError, rex.WorkerCrashedError,
              rex.ActorUnavailableError)
+    for current in _exception_chain(error):
+        if isinstance(current, kinds):
+            kind = next(k.__name__ for k in kinds if isinstance(current, k))
+            first = next((line.strip() for line in str(current).splitlines()
+                          if "died because" in line or "node" in line.lower()), "")
+            return f"{kind}{': ' + first[:200] if first else ''}"
+    return None
+
+
+def _exception_chain(error: BaseException):
+    """`error` and every exception behind it: causes, contexts, and the `cause` of Ray's task errors."""
     seen: set[int] = set()
     stack = [error]
     while stack:
@@ -743,13 +754,8 @@ def lost_worker(error: BaseException) -> str | None:
         if not isinstance(current, BaseException) or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, kinds):
-            kind = next(k.__name__ for k in kinds if isinstance(current, k))
-            first = next((line.strip() for line in str(current).splitlines()
-                          if "died because" in line or "node" in line.lower()), "")
-            return f"{kind}{': ' + first[:200] if first else ''}"
+        yield current
         stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
-    return None
 
 
 def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
@@ -821,19 +827,12 @@ def fatal_endpoint_error(error: BaseException) -> FatalEndpointError | None:
     traceback: the original exception object does not travel, its last line (type: message) does.
     """
     marker = f"{FatalEndpointError.__module__}.{FatalEndpointError.__qualname__}: "
-    seen: set[int] = set()
-    stack = [error]
-    while stack:
-        current = stack.pop()
-        if not isinstance(current, BaseException) or id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in _exception_chain(error):
         if type(current) is FatalEndpointError:
             return current
         text = str(current)
         if marker in text:
             return FatalEndpointError(text[text.rindex(marker) + len(marker):].splitlines()[0].strip())
-        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
     return None
 
 
