@@ -39,6 +39,7 @@ class ImageStage:
         self.fetcher = ImageFetcher(config.images, config.s3_endpoint_url, config.s3_region)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        self._active_batches = 0
 
     def _slots(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -54,7 +55,15 @@ class ImageStage:
         missing_columns(batch, self.required_columns, "ImageStage")
         urls = batch.column("image_url").to_pylist()
         unique = list(dict.fromkeys(u for u in urls if u))
-        fetched = dict(zip(unique, await asyncio.gather(*(self._fetch(u) for u in unique))))
+        # Ray Data gives an actor no shutdown hook: the HTTP session is closed whenever no batch is in flight,
+        # so an actor that is scaled down or ends holds no open connections (the next batch opens a new one).
+        self._active_batches += 1
+        try:
+            fetched = dict(zip(unique, await asyncio.gather(*(self._fetch(u) for u in unique))))
+        finally:
+            self._active_batches -= 1
+            if self._active_batches == 0:
+                await self.fetcher.close()
         results = [fetched.get(u) if u else None for u in urls]
         return pa.table(
             {
