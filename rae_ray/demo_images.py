@@ -6,6 +6,7 @@ the image path (fetch, caption, judge) run end to end anywhere.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import threading
@@ -34,7 +35,9 @@ def product_colour(attributes: str | None) -> tuple[int, int, int]:
     return PALETTE["grey"]
 
 
+@functools.lru_cache(maxsize=None)
 def photo(colour: tuple[int, int, int]) -> bytes:
+    """The PNG of a product in `colour` (one per colour: the server runs in the driver, beside the job)."""
     from PIL import Image
 
     image = Image.new("RGB", (160, 160), "white")

@@ -13,7 +13,7 @@ from rae_ray.llm.schemas import CAPTION_SCHEMA_NAME, ImageCaption
 from rae_ray.stages.common import LLMStageConfig, gather_calls, make_client, missing_columns, usage_columns
 
 CAPTION_COLUMNS = [
-    "image_url", "caption_id", "caption", "image_status", "model", "prompt_version", "cache_hit", "error",
+    "image_url", "image_id", "caption_id", "caption", "image_status", "model", "prompt_version", "cache_hit", "error",
 ]
 
 
@@ -89,6 +89,9 @@ class CaptionStage:
         return pa.table(
             {
                 "image_url": batch.column("image_url"),
+                "image_id": (batch.column("image_id").cast(pa.string()) if "image_id" in batch.column_names
+                             else pa.array([image_id(r["image_data_url"]) if r["image_data_url"] else None
+                                            for r in rows], pa.string())),
                 # Null where there is no caption: a label keyed by caption_id then always had that caption.
                 "caption_id": pa.array([r["caption_id"] if c is not None else None for r, c in zip(rows, captions)],
                                        pa.string()),

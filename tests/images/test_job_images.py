@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import boto3
@@ -14,30 +13,30 @@ from rae_ray.config import config_from_dict
 from tests.helpers import base_config, read_output
 from tests.images.conftest import product_photo
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif("ImageStage" not in inspect.getsource(pipeline),
-                       reason="the pipeline does not wire the image stages yet (issue 4)"),
-]
+pytestmark = pytest.mark.integration
 
-# product -> colour of its photo (None: the photo is gone, a 404); titles never name a colour.
-PHOTOS = {"m1": "red", "m2": "blue", "m3": "red", "m4": "blue", "m5": "blue", "m6": None}
+# product -> colour of its photo (None: the photo is gone, a 404); titles never name a colour. m7's URL serves the
+# very bytes of m1's photo: six fetched URLs, five unique images.
+PHOTOS = {"m1": "red", "m2": "blue", "m3": "red", "m4": "blue", "m5": "blue", "m6": None, "m7": "red"}
+SAME_IMAGE = {"m7": "m1"}
 QUERIES = ["red mug", "blue mug"]
 
 
 @pytest.fixture
 def inputs(tmp_path, image_server, s3_server, s3_bucket):
-    """Catalog (five photos over HTTP, one from the moto bucket, one 404) and a log of two rankers."""
+    """Catalog (five photos over HTTP, one of them at two URLs, one from the moto bucket, one 404) and a log of
+    two rankers."""
     boto3.client("s3", endpoint_url=s3_server).put_object(
         Bucket=s3_bucket, Key="mugs/m5.png", Body=product_photo("blue", size=(140, 150)))
-    rows = []
+    rows, photos = [], {}
     for i, (product, colour) in enumerate(PHOTOS.items()):
         if product == "m5":
             url = f"s3://{s3_bucket}/mugs/m5.png"
         elif colour is None:
             url = image_server.url(f"/job/{product}-gone.png")
         else:
-            url = image_server.add(f"/job/{product}.jpg", product_photo(colour, (110 + 7 * i, 120), "JPEG"), "image/jpeg")
+            photos[product] = photos.get(SAME_IMAGE.get(product)) or product_photo(colour, (110 + 7 * i, 120), "JPEG")
+            url = image_server.add(f"/job/{product}.jpg", photos[product], "image/jpeg")
         rows.append({"product_id": product, "title": f"Ceramic mug, model {i + 1}", "image_url": url})
     pl.DataFrame(rows).write_parquet(tmp_path / "catalog.parquet")
     log = [{"query": q, "ranker": r, "rank": rank, "product_id": p}
@@ -59,6 +58,8 @@ def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inp
                              input={"log": str(inputs / "log.parquet"), "catalog": str(inputs / "catalog.parquet")},
                              images={"mode": mode, "allow_hosts": ["127.0.0.1"], "timeout_s": 5})
         config["llm"]["captions"] = {"model": "sim-vision"}
+        # One image per batch: a copy of an image in another batch must still not be captioned again.
+        config.setdefault("compute", {})["captions"] = {"batch_size": 1, "max_actors": 2}
         before = sim.stats()["by_schema"].get("image_caption", 0)
         pipeline.run(config_from_dict(config))
         caption_calls = sim.stats()["by_schema"].get("image_caption", 0) - before
@@ -74,13 +75,15 @@ def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inp
             assert grade == expected_grade(query, product, text_grade), (mode, query, product)
 
         manifest = json.loads((root / "manifest.json").read_text())
-        assert manifest["images"]["by_status"] == {"ok": 5, "missing": 1}
+        assert manifest["images"]["by_status"] == {"ok": 6, "missing": 1}
         errors = read_output(root, "errors").filter(pl.col("stage") == "images")
         assert errors.height == 1 and "404" in errors["reason"][0]
         if mode == "caption":
-            assert caption_calls == 5 == manifest["llm_calls"]["captions"]
+            assert caption_calls == 5 == manifest["llm_calls"]["captions"]  # one per unique image
             captions = read_output(root, "captions")
             assert captions.height == len(PHOTOS) and captions["caption"].null_count() == 1
+            by_product = dict(zip(labels["product_id"], labels["caption_id"]))
+            assert by_product["m7"] == by_product["m1"] is not None
             assert set(labels.filter(pl.col("image_status") == "ok")["caption_id"]) <= set(captions["caption_id"])
         else:
             assert caption_calls == 0
