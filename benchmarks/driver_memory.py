@@ -4,6 +4,10 @@ added latency), each in a fresh driver process; the driver's peak RSS must grow 
 The driver holds no rows of the log: Ray Data streams them through tasks and actors; only aggregated tables
 (per-query metrics, counts) come to the driver. Exits non-zero unless the target holds; prints figures last.
 
+Also measured, for docs/scaling.md: the driver's RSS through the run (sampled every 0.25 s, with the step it was
+in), the peak RSS of each annotation actor (Ray worker processes running the annotate pool), and the
+annotation rate per actor with no endpoint latency (the actors' own ceiling: client CPU, not the endpoint).
+
     .venv/bin/python benchmarks/driver_memory.py [--sizes 5000,50000]
 """
 
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+MARKER = "driver-memory figures: "
 
 
 def synthetic_log(pairs_wanted: int, out: Path) -> int:
@@ -48,6 +53,7 @@ def child(pairs_wanted: int) -> None:
     from rae_ray.pipeline import run
     from rae_ray.sim.process import SimProcess
 
+    sampler = Sampler().start()
     with tempfile.TemporaryDirectory() as tmp, SimProcess() as sim:
         unique = synthetic_log(pairs_wanted, Path(tmp) / "log.parquet")
         config = config_from_dict({
@@ -61,9 +67,87 @@ def child(pairs_wanted: int) -> None:
         started = time.monotonic()
         result = run(config)
         seconds = time.monotonic() - started
+    sampler.stop()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"unique_pairs": unique, "labelled": result.manifest["labelled"],
-                      "driver_peak_rss_mib": round(peak_kib / 1024, 1), "seconds": round(seconds, 1)}))
+    annotate_s = result.manifest["seconds"].get("annotate") or float("nan")
+    actors = config.compute.annotate.max_actors
+    print(MARKER + json.dumps({
+        "unique_pairs": unique, "labelled": result.manifest["labelled"],
+        "driver_peak_rss_mib": round(peak_kib / 1024, 1), "seconds": round(seconds, 1),
+        "annotate_seconds": round(annotate_s, 1), "annotate_actors": actors,
+        "pairs_per_s_per_actor": round(result.manifest["llm_calls"]["annotate"] / annotate_s / actors, 1),
+        "annotate_actor_peak_rss_mib": sampler.actor_peaks(), "driver_rss_by_step_mib": sampler.by_step(),
+    }), flush=True)
+
+
+class Sampler:
+    """Samples this process's RSS (tagged with the step the job last announced) and the annotate actors' RSS."""
+
+    def __init__(self, every_s: float = 0.25):
+        import threading
+
+        from rae_ray import pipeline
+
+        self.every_s = every_s
+        self.samples: list[tuple[str, float]] = []
+        self.actors: dict[int, float] = {}
+        self.step = "start"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        announce = pipeline.progress
+
+        def progress(message: str) -> None:  # the job's own progress lines name its steps
+            self.step = message.split(":")[0].split(" ")[0] if ":" in message else self.step
+            announce(message)
+
+        pipeline.progress = progress
+
+    def start(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.samples.append((f"after {self.step}" if self.step != "start" else "start", rss_mib("self")))
+            for pid in annotate_actor_pids():
+                self.actors[pid] = max(self.actors.get(pid, 0.0), rss_mib(str(pid)))
+
+    def by_step(self) -> dict[str, float]:
+        peaks: dict[str, float] = {}
+        for step, mib in self.samples:
+            peaks[step] = max(peaks.get(step, 0.0), round(mib, 1))
+        return peaks
+
+    def actor_peaks(self) -> list[float]:
+        return sorted(round(v, 1) for v in self.actors.values())
+
+
+def rss_mib(pid: str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def annotate_actor_pids() -> list[int]:
+    """Ray names an actor's worker process after its class: the annotate pool's are MapWorker(...KeyedStage...)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::MapWorker(MapBatches(KeyedStage))"):
+                pids.append(int(proc.name))
+    return pids
 
 
 def main() -> int:
@@ -81,13 +165,23 @@ def main() -> int:
             print(done.stderr[-4000:], file=sys.stderr)
             print(f"FAIL  run with {size} pairs exited {done.returncode}")
             return 1
-        figures.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        # Ray and the job print to stdout too, also after the figures (at shutdown): find the marked line.
+        lines = [line.removeprefix(MARKER) for line in done.stdout.splitlines() if line.startswith(MARKER)]
+        if not lines:
+            print(done.stdout[-4000:], done.stderr[-4000:], sep="\n", file=sys.stderr)
+            print(f"FAIL  run with {size} pairs printed no figures")
+            return 1
+        figures.append(json.loads(lines[-1]))
     small, large = figures[0], figures[-1]
     growth = large["driver_peak_rss_mib"] / small["driver_peak_rss_mib"]
     ok = growth <= 1.5
     for figure in figures:
         print(f"{figure['unique_pairs']:>7} unique pairs: driver peak RSS {figure['driver_peak_rss_mib']} MiB, "
               f"{figure['seconds']} s, {figure['labelled']} labelled")
+        print(f"        driver RSS peak by step (MiB): {figure['driver_rss_by_step_mib']}")
+        print(f"        annotation: {figure['annotate_actors']} actors, {figure['annotate_seconds']} s, "
+              f"{figure['pairs_per_s_per_actor']} pairs/s per actor (no endpoint latency); "
+              f"actor peak RSS (MiB) {figure['annotate_actor_peak_rss_mib']}")
     print(f"growth {large['unique_pairs'] / small['unique_pairs']:.1f}x pairs -> {growth:.2f}x driver memory "
           f"(target <= 1.5x): {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
