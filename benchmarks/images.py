@@ -3,7 +3,9 @@
 Products of a few types (mug, cushion, ...) have titles that name no colour; each is photographed in one
 colour (Pillow), served by a local HTTP server on 127.0.0.1 (allowed through `images.allow_hosts`). Queries
 ask for "<colour> <type>"; every ranker lists the products of the query's type. The pixel-based expectation:
-grade 2 when the photo's colour is the query's colour, 1 otherwise (right type, wrong colour).
+grade 2 when the photo's colour is the query's colour, 1 otherwise (right type, wrong colour). Some products
+(`--copies` per type and colour) show a photo that another product shows too, under their own URL: unique
+images are told apart by content, so they count once.
 
 Runs, on a local Ray against the simulated endpoint:
 1. caption mode, twice, sharing one output folder (and so the label store kept beside it): the first run must
@@ -11,9 +13,9 @@ Runs, on a local Ray against the simulated endpoint:
 2. direct mode (the judge sees the image);
 3. text mode, for reference (the judge cannot see colours: no target).
 Targets: caption calls = unique images, then 0; labels matching the pixel-based expectation >= --min-share
-in caption (both runs) and direct mode. Exits 1 unless they hold. Figures are printed last.
+in caption (both runs) and direct mode; one fetch per image URL in each run that uses images. Exits 1 unless they hold. Figures are printed last.
 
-    python benchmarks/images.py [--products-per-colour 2] [--latency-ms 20] [--keep]
+    python benchmarks/images.py [--products-per-colour 2] [--copies 1] [--latency-ms 20] [--keep]
 """
 
 from __future__ import annotations
@@ -98,18 +100,29 @@ class ImageServer:
         self.http.server_close()
 
 
-def build_inputs(folder: Path, per_colour: int, seed: int = 0) -> tuple[dict[str, bytes], pl.DataFrame, pl.DataFrame]:
-    """The search log (written) and the photos; returns (photos by path, products, expectation per pair)."""
+def build_inputs(folder: Path, per_colour: int, copies: int = 1,
+                 seed: int = 0) -> tuple[dict[str, bytes], pl.DataFrame, pl.DataFrame]:
+    """The search log (written) and the photos; returns (photos by path, products, expectation per pair).
+    `copies` more products per type and colour show a photo already in the catalog under another URL."""
     rng = random.Random(seed)
     products, photos = [], {}
     for kind, titles in TYPES.items():
         n = 0
         for colour in COLOURS:
+            first = None
             for _ in range(per_colour):
                 product_id = f"{kind}-{n:03d}"
                 extension = "jpg" if rng.random() < 0.5 else "png"
                 path = f"/photos/{product_id}.{extension}"
                 photos[path] = product_photo(colour, rng, "JPEG" if extension == "jpg" else "PNG")
+                first = first or path
+                products.append({"product_id": product_id, "type": kind, "colour": colour,
+                                 "title": titles[n % len(titles)] + f" (model {n + 1})", "path": path})
+                n += 1
+            for _ in range(copies):  # another product whose URL serves the very bytes of `first`
+                product_id = f"{kind}-{n:03d}"
+                path = f"/mirror/{product_id}{Path(first).suffix}"
+                photos[path] = photos[first]
                 products.append({"product_id": product_id, "type": kind, "colour": colour,
                                  "title": titles[n % len(titles)] + f" (model {n + 1})", "path": path})
                 n += 1
@@ -180,6 +193,8 @@ def measure(name: str, mode: str, folder: Path, out: Path, sim: SimProcess, expe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--products-per-colour", type=int, default=2, help="Products of each type in each colour.")
+    parser.add_argument("--copies", type=int, default=1,
+                        help="More products per type and colour whose URL serves a photo already in the catalog.")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="Simulated endpoint latency.")
     parser.add_argument("--min-share", type=float, default=0.95, help="Target share of labels matching the pixels.")
     parser.add_argument("--skip-text", action="store_true", help="Skip the text-mode reference run.")
@@ -188,20 +203,21 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="rae-bench-images-"))
     folder = work / "inputs"
-    photos, catalog, expected = build_inputs(folder, args.products_per_colour)
+    photos, catalog, expected = build_inputs(folder, args.products_per_colour, args.copies)
     server = ImageServer(photos)
     catalog.select("product_id", "title", pl.concat_str(pl.lit(server.base), pl.col("path")).alias("image_url")).write_parquet(
         folder / "catalog.parquet")
-    unique_images = catalog["path"].n_unique()
+    unique_images = len(set(photos.values()))  # by content: a copy under another URL is the same image
     runs: dict[str, dict[str, Any]] = {}
     try:
         with SimProcess(latency_ms=args.latency_ms) as sim:
             shared = work / "out-caption"  # both caption runs: same outputs folder, same label store
-            runs["caption-1"] = measure("caption-1", "caption", folder, shared, sim, expected)
-            runs["caption-2"] = measure("caption-2", "caption", folder, shared, sim, expected)
-            runs["direct"] = measure("direct", "direct", folder, work / "out-direct", sim, expected)
-            if not args.skip_text:
-                runs["text"] = measure("text", "text", folder, work / "out-text", sim, expected)
+            plan = [("caption-1", "caption", shared), ("caption-2", "caption", shared),
+                    ("direct", "direct", work / "out-direct")] + ([] if args.skip_text else [("text", "text", work / "out-text")])
+            for name, mode, out in plan:
+                before = server.requests
+                runs[name] = measure(name, mode, folder, out, sim, expected)
+                runs[name]["image_fetches"] = server.requests - before
     finally:
         server.stop()
         if args.keep:
@@ -217,17 +233,22 @@ def main(argv: list[str] | None = None) -> int:
         f"caption-mode labels matching the pixels >= {args.min_share:.0%} (second run)":
             runs["caption-2"]["match_share"] >= args.min_share,
         f"direct-mode labels matching the pixels >= {args.min_share:.0%}": runs["direct"]["match_share"] >= args.min_share,
+        "one fetch per image URL in each caption and direct run": all(
+            runs[name]["image_fetches"] == catalog["path"].n_unique() for name in ("caption-1", "caption-2", "direct")),
     }
     ok = all(targets.values())
     print("\n== rae-ray images benchmark (simulated endpoint) ==")
-    print(f"catalog: {catalog.height} products, {unique_images} unique images, {expected.height} (query, product) pairs")
+    print(f"catalog: {catalog.height} products, {catalog['path'].n_unique()} image URLs, {unique_images} unique images, "
+          f"{expected.height} (query, product) pairs")
     for name, figures in runs.items():
         print(f"{name:>10}: {figures['mode']:<7} caption calls {figures['caption_calls']:>4}   "
               f"labels matching the pixels {figures['match_share']:.1%}   judgement calls "
-              f"{figures['judgement_calls']:>4}   {figures['seconds']:.1f}s   image_status {figures['image_status']}")
+              f"{figures['judgement_calls']:>4}   image fetches {figures['image_fetches']:>3}   {figures['seconds']:.1f}s   "
+              f"image_status {figures['image_status']}")
     for target, held in targets.items():
         print(f"  [{'ok' if held else 'FAIL'}] {target}")
-    print(json.dumps({"unique_images": unique_images, "pairs": expected.height, "runs": runs,
+    print(json.dumps({"image_urls": catalog["path"].n_unique(), "unique_images": unique_images,
+                      "pairs": expected.height, "runs": runs,
                       "targets_hold": ok}))
     return 0 if ok else 1
 
