@@ -24,7 +24,7 @@ browser:
 	  else echo "chromium not found and cannot be installed here: the browser test will be skipped"; fi; }
 
 demo: $(STAMP)
-	$(BIN)/rae-ray demo $(if $(OUT),--out $(OUT),)
+	$(BIN)/rae-ray demo $(if $(OUT),--out $(OUT),) $(if $(IMAGES),--images $(IMAGES),)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

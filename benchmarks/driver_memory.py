@@ -5,8 +5,8 @@ The driver holds no rows of the log: Ray Data streams them through tasks and act
 (per-query metrics, counts) come to the driver. Exits non-zero unless the target holds; prints figures last.
 
 Also measured, for docs/scaling.md: the driver's RSS through the run (sampled every 0.25 s, with the step it was
-in), the peak RSS of each annotation actor (Ray worker processes running the annotate pool), and the
-annotation rate per actor with no endpoint latency (the actors' own ceiling: client CPU, not the endpoint).
+in), the peak RSS of each LLM-stage actor (the Ray worker processes of the guideline and annotate pools: both
+run as KeyedStage), and the annotation rate per actor with no endpoint latency (the actors' own ceiling: client CPU, not the endpoint).
 
     .venv/bin/python benchmarks/driver_memory.py [--sizes 5000,50000]
 """
@@ -76,12 +76,12 @@ def child(pairs_wanted: int) -> None:
         "driver_peak_rss_mib": round(peak_kib / 1024, 1), "seconds": round(seconds, 1),
         "annotate_seconds": round(annotate_s, 1), "annotate_actors": actors,
         "pairs_per_s_per_actor": round(result.manifest["llm_calls"]["annotate"] / annotate_s / actors, 1),
-        "annotate_actor_peak_rss_mib": sampler.actor_peaks(), "driver_rss_by_step_mib": sampler.by_step(),
+        "stage_actor_peak_rss_mib": sampler.actor_peaks(), "driver_rss_by_step_mib": sampler.by_step(),
     }), flush=True)
 
 
 class Sampler:
-    """Samples this process's RSS (tagged with the step the job last announced) and the annotate actors' RSS."""
+    """Samples this process's RSS (tagged with the step the job last announced) and the LLM-stage actors' RSS."""
 
     def __init__(self, every_s: float = 0.25):
         import threading
@@ -113,7 +113,7 @@ class Sampler:
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
             self.samples.append((f"after {self.step}" if self.step != "start" else "start", rss_mib("self")))
-            for pid in annotate_actor_pids():
+            for pid in stage_actor_pids():
                 self.actors[pid] = max(self.actors.get(pid, 0.0), rss_mib(str(pid)))
 
     def by_step(self) -> dict[str, float]:
@@ -136,8 +136,8 @@ def rss_mib(pid: str) -> float:
     return 0.0
 
 
-def annotate_actor_pids() -> list[int]:
-    """Ray names an actor's worker process after its class: the annotate pool's are MapWorker(...KeyedStage...)."""
+def stage_actor_pids() -> list[int]:
+    """Ray names an actor's worker process after its class: the LLM stages' pools run MapWorker(...KeyedStage...)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -181,7 +181,7 @@ def main() -> int:
         print(f"        driver RSS peak by step (MiB): {figure['driver_rss_by_step_mib']}")
         print(f"        annotation: {figure['annotate_actors']} actors, {figure['annotate_seconds']} s, "
               f"{figure['pairs_per_s_per_actor']} pairs/s per actor (no endpoint latency); "
-              f"actor peak RSS (MiB) {figure['annotate_actor_peak_rss_mib']}")
+              f"peak RSS of the guideline and annotate actors (MiB) {figure['stage_actor_peak_rss_mib']}")
     print(f"growth {large['unique_pairs'] / small['unique_pairs']:.1f}x pairs -> {growth:.2f}x driver memory "
           f"(target <= 1.5x): {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
