@@ -27,9 +27,10 @@ Review queue priority (lower first; a pair appears once, under its first reason)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -135,6 +136,11 @@ class EvaluationSource(Protocol):
         """At most `limit` label rows whose error is set."""
         ...
 
+    def trec_chunks(self, rankers: Sequence[str]) -> Iterator[tuple[str, str]]:
+        """TREC text in pieces, each (file, lines): file "qrels" (judge labels, relevance 2**g - 1) or "run:" +
+        a ranker's name (its run). A query's lines of one file come in one piece; pieces come in no set order."""
+        ...
+
 
 def conform_labels(labels: pl.DataFrame) -> pl.DataFrame:
     """LABEL_SCHEMA columns (missing optional ones as null) plus `title` when present, one row per pair."""
@@ -181,6 +187,17 @@ class FrameSource:
 
     def failed_labels(self, limit: int) -> pl.DataFrame:
         return self.labels.filter(pl.col("error").is_not_null()).head(limit)
+
+    def trec_chunks(self, rankers: Sequence[str], chunk: int = 10000) -> Iterator[tuple[str, str]]:
+        queries = sorted(set(self.run["query"].to_list()))  # labels of queries no ranker answered are left out
+        for start in range(0, len(queries), chunk):
+            part = queries[start : start + chunk]
+            yield QRELS, qrels_lines(self.labels_for(part))
+            ranked = self.ranked_lists(part)
+            present = set(ranked["ranker"].unique().to_list())
+            for ranker in rankers:
+                if ranker in present:
+                    yield RUN + ranker, run_text(ranked, ranker)
 
 
 # --- human labels -------------------------------------------------------------------------------------------
@@ -582,41 +599,40 @@ Example: ir_measures qrels.txt bm25-v1.run nDCG@10 P@10
 """
 
 
+QRELS, RUN = "qrels", "run:"  # the file keys of `trec_chunks`
+
+
+def qrels_lines(labels: pl.DataFrame) -> str:
+    """qrels lines of the graded pairs of `labels` (relevance 2**g - 1, so trec_eval's nDCG uses our gains)."""
+    graded = labels.filter(pl.col("grade").is_not_null() & (pl.col("grade") >= 0))
+    if graded.is_empty():
+        return ""
+    return qrels_text(graded, {g: 2**g - 1 for g in graded["grade"].unique().to_list()})[0]
+
+
 def write_trec(
     source: EvaluationSource, queries: Sequence[str], rankers: Sequence[str], storage: Storage, layout: RunLayout,
-    chunk: int = 10000,
 ) -> dict[str, str]:
     """qrels.txt (judge labels, relevance 2**g - 1), one <ranker>.run per ranker, queries.parquet, README.txt.
 
-    Queries are fetched from the source `chunk` at a time. Returns {file name: URI}.
+    The source hands the lines over in pieces (`trec_chunks`), each written as it comes: no file is held whole.
+    Returns {file name: URI}.
     """
-    queries = sorted(set(queries))
-    qrels, runs = io.StringIO(), {r: io.StringIO() for r in rankers}
-    for start in range(0, len(queries), chunk):
-        part = queries[start : start + chunk]
-        labels = conform_labels(source.labels_for(part)).filter(pl.col("grade").is_not_null() & (pl.col("grade") >= 0))
-        gains = {g: 2**g - 1 for g in labels["grade"].unique().to_list()}
-        qrels.write(qrels_text(labels, gains)[0])
-        ranked = source.ranked_lists(part)
-        present = set(ranked["ranker"].unique().to_list())
-        for ranker in rankers:
-            if ranker in present:
-                runs[ranker].write(run_text(ranked, ranker))
-    files = {"qrels.txt": qrels.getvalue(), "README.txt": TREC_README}
-    names = {}
+    names: dict[str, str] = {QRELS: "qrels.txt"}
     for ranker in rankers:
         name = safe_name(ranker) + ".run"
-        if name in names.values() or name in files:
-            name = f"{safe_name(ranker)}-{len(names)}.run"
-        names[ranker] = name
-        files[name] = runs[ranker].getvalue()
-    written = {}
-    for name, text in files.items():
-        uri = layout.path("trec", name)
-        storage.write_bytes(uri, text.encode("utf-8"))
-        written[name] = uri
+        if name in names.values():
+            name = f"{safe_name(ranker)}-{len(names) - 1}.run"
+        names[RUN + ranker] = name
+    written = {name: layout.path("trec", name) for name in names.values()}
+    with contextlib.ExitStack() as stack:
+        streams = {key: stack.enter_context(storage.open_writer(written[name])) for key, name in names.items()}
+        for key, text in source.trec_chunks(rankers):
+            streams[key].write(text.encode("utf-8"))
+    written["README.txt"] = layout.path("trec", "README.txt")
+    storage.write_bytes(written["README.txt"], TREC_README.encode("utf-8"))
     uri = layout.path("trec", "queries.parquet")
-    storage.write_table(uri, query_ids(queries).to_arrow())
+    storage.write_table(uri, query_ids(sorted(set(queries))).to_arrow())
     written["queries.parquet"] = uri
     return written
 

@@ -8,6 +8,7 @@ environment variables being set before they started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -115,6 +116,25 @@ class Storage:
             return
         with fs.open_output_stream(path) as stream:
             stream.write(data)
+
+    @contextlib.contextmanager
+    def open_writer(self, uri: str):
+        """A binary stream that writes `uri` piece by piece (nothing held whole in memory). On local disk it goes to
+        a temporary file renamed on success; on S3 the object appears when the (multipart) upload completes."""
+        fs, path = self.fs(uri)
+        if is_s3(uri):
+            with fs.open_output_stream(path) as stream:
+                yield stream
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as handle:
+                yield handle
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def read_bytes(self, uri: str) -> bytes:
         fs, path = self.fs(uri)

@@ -29,9 +29,10 @@ from rae_ray.labelstore import LabelStore, add_label_keys, publish_shard
 from rae_ray.llm.client import FatalEndpointError, LLMClient
 from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, CAPTION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION
 from rae_ray.manifest import build_manifest, usage_totals
-from rae_ray.evaluation import LABEL_SCHEMA, RUN_SCHEMA, load_human_labels, locale_segments
+from rae_ray.evaluation import LABEL_SCHEMA, QRELS, RUN, RUN_SCHEMA, load_human_labels, locale_segments, qrels_lines
 from rae_ray.evaluation import evaluate as evaluate_run
 from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA, query_metrics
+from rae_ray.metrics.trec import run_text
 from rae_ray.report import write_report
 from rae_ray.sampling import sample_queries
 from rae_ray.llm.ratelimit import budget_actor_class
@@ -674,7 +675,8 @@ def write_errors(job: Job, checked, guidelines, labels, images: Images) -> dict[
 class RayEvaluationSource:
     """Ranked lists and labels for the evaluation step, filtered on Ray: only the answer reaches the driver."""
 
-    def __init__(self, selected, labels, pairs):
+    def __init__(self, selected, labels, pairs, parts: int = 1):
+        self.parts = parts
         self.run = selected.select_columns(list(RUN_SCHEMA))
         self.labels = labels.select_columns(list(LABEL_SCHEMA))
         self.titles = pairs.select_columns(["query", "product_id", "title"]) if "title" in pairs.columns() else None
@@ -708,6 +710,41 @@ class RayEvaluationSource:
 
         return _to_polars(self.labels.filter(expr=col("error").is_not_null()).limit(limit), schema=LABEL_SCHEMA)
 
+    def trec_chunks(self, rankers: list[str]):
+        """The lines are made on Ray, a block at a time (a run's lines per query, so rankings stay whole); the
+        driver only streams each block's text into its file."""
+        from ray.data.expressions import col
+
+        qrels = self.labels.filter(expr=col("grade").is_not_null()).map_batches(
+            _qrels_piece, batch_format="pyarrow", batch_size=None)
+        runs = self.run.groupby("query", num_partitions=self.parts).map_groups(
+            _run_pieces, batch_format="pyarrow", fn_kwargs={"rankers": list(rankers)},
+        ).map_batches(_join_pieces, batch_format="pyarrow", batch_size=None)
+        for pieces in (qrels, runs):
+            for batch in pieces.iter_batches(batch_format="pyarrow", batch_size=None):
+                yield from zip(batch.column("file").to_pylist(), batch.column("text").to_pylist())
+
+
+_PIECES = pa.schema([("file", pa.string()), ("text", pa.large_string())])
+
+
+def _qrels_piece(batch: pa.Table) -> pa.Table:
+    text = qrels_lines(pl.from_arrow(batch.select(["query", "product_id", "grade"])))
+    return pa.Table.from_pylist([{"file": QRELS, "text": text}] if text else [], schema=_PIECES)
+
+
+def _run_pieces(group: pa.Table, rankers: list[str]) -> pa.Table:
+    frame = pl.from_arrow(group)
+    present = set(frame["ranker"].to_list())
+    rows = [{"file": RUN + ranker, "text": run_text(frame, ranker)} for ranker in rankers if ranker in present]
+    return pa.Table.from_pylist(rows, schema=_PIECES)
+
+
+def _join_pieces(batch: pa.Table) -> pa.Table:
+    """One piece per file per block (map_groups makes one per query)."""
+    joined = pl.from_arrow(batch).group_by("file", maintain_order=True).agg(pl.col("text").str.join(""))
+    return joined.to_arrow().cast(_PIECES)
+
 
 def evaluate(job: Job, inputs: Inputs, checked, selected, pairs, labels, segments):
     """Per-query metrics on Ray; rankers, comparisons, segments, problems, agreement on the small per-query table."""
@@ -731,7 +768,7 @@ def evaluate(job: Job, inputs: Inputs, checked, selected, pairs, labels, segment
         segments = pl.concat([s for s in (segments, locale_segments(locales)) if s is not None])
     human = load_human_labels(config.input.human_labels, job.storage) if config.input.human_labels else None
     return evaluate_run(
-        query_metrics=by_query, source=RayEvaluationSource(selected, labels, pairs), config=config.metrics,
+        query_metrics=by_query, source=RayEvaluationSource(selected, labels, pairs, job.parts), config=config.metrics,
         storage=job.storage, layout=job.layout, segments=segments, human=human,
         grades=[g.grade for g in config.scale.grades],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import ir_measures
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -68,6 +69,19 @@ def test_chorus_end_to_end(ray_local, sim, chorus, tmp_path, capsys):
     assert ((rankers["ci_low"] <= rankers["value"]) & (rankers["value"] <= rankers["ci_high"])).all()
     queries = pl.read_parquet(root / "metrics" / "queries.parquet")
     assert queries.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10)).height == 3 * 135
+
+    # TREC files, written from Ray a block at a time: every labelled pair and every listed product, and
+    # ir_measures computes our figures from them.
+    qrels = list(ir_measures.read_trec_qrels(str(root / "trec" / "qrels.txt")))
+    assert len(qrels) == labels.height == len({(q.query_id, q.doc_id) for q in qrels})
+    top10 = rankers.filter(pl.col("k") == 10)
+    for ranker in ("random-v0", "bm25-v1", "tuned-v2"):
+        run_lines = list(ir_measures.read_trec_run(str(root / "trec" / f"{ranker}.run")))
+        assert len(run_lines) == log.filter((pl.col("ranker") == ranker) & (pl.col("rank") <= 10)).height
+        theirs = ir_measures.calc_aggregate([ir_measures.nDCG @ 10, ir_measures.P @ 10], qrels, run_lines)
+        ours = {m: top10.filter(ranker=ranker, metric=m)["value"][0] for m in ("ndcg", "precision")}
+        assert ours["ndcg"] == pytest.approx(theirs[ir_measures.nDCG @ 10], abs=1e-12)
+        assert ours["precision"] == pytest.approx(theirs[ir_measures.P @ 10], abs=1e-12)
 
 
 def test_bad_rows_and_failed_calls_are_accounted_for(ray_local, tmp_path):
