@@ -593,6 +593,7 @@ qrels.txt      query_id 0 product_id relevance   (judge labels; relevance = 2**g
                nDCG, which uses the relevance as the gain, equals this project's nDCG with gain 2**g - 1)
 <ranker>.run   query_id Q0 product_id rank score ranker   (score = n + 1 - rank)
 queries.parquet  query_id -> query text (query_id = "q" + the first 16 hex digits of SHA-1 of the text)
+product_id     as in the labels, but "%" and whitespace percent-encoded ("SKU 12" -> "SKU%2012")
 
 P@k of trec_eval counts relevance >= 1, i.e. grade >= 1, as this project's precision does.
 Example: ir_measures qrels.txt bm25-v1.run nDCG@10 P@10

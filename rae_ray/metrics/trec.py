@@ -10,7 +10,7 @@ import polars as pl
 
 from rae_ray.metrics.evaluate import require_columns
 
-__all__ = ["qrels_text", "query_id", "query_ids", "run_text", "write_qrels", "write_run"]
+__all__ = ["doc_ids", "qrels_text", "query_id", "query_ids", "run_text", "write_qrels", "write_run"]
 
 
 def query_id(query: str) -> str:
@@ -29,10 +29,19 @@ def query_ids(queries: pl.Series | list[str]) -> pl.DataFrame:
     return mapping
 
 
+def doc_ids(product_ids: pl.Expr) -> pl.Expr:
+    """TREC doc ids: the product_id, with "%" and whitespace percent-encoded ("SKU 12" -> "SKU%2012"), the same
+    in qrels and runs: TREC files split lines on whitespace, and a product id may hold some."""
+    encoded = product_ids.str.replace_all("%", "%25", literal=True)
+    for char in (" ", "\t", "\n", "\r", "\x0b", "\x0c"):
+        encoded = encoded.str.replace_all(char, f"%{ord(char):02X}", literal=True)
+    return encoded
+
+
 def _check_doc_ids(product_ids: pl.Series) -> None:
-    bad = product_ids.filter(product_ids.str.contains(r"\s") | (product_ids.str.len_chars() == 0))
-    if bad.len():
-        raise ValueError(f"product_id {bad[0]!r} is empty or has whitespace; TREC files cannot hold it")
+    empty = product_ids.filter(product_ids.str.len_chars() == 0)
+    if empty.len():
+        raise ValueError("a product_id is empty; TREC files cannot hold it")
 
 
 def qrels_text(labels: pl.DataFrame, gains: Mapping[int, int] | None = None) -> tuple[str, pl.DataFrame]:
@@ -50,7 +59,7 @@ def qrels_text(labels: pl.DataFrame, gains: Mapping[int, int] | None = None) -> 
         rows = rows.with_columns(pl.col("grade").replace_strict(dict(gains), return_dtype=pl.Int64))
     mapping = query_ids(rows["query"])
     lines = rows.join(mapping, on="query", how="left", maintain_order="left").select(
-        pl.format("{} 0 {} {}", "query_id", "product_id", "grade")
+        pl.format("{} 0 {} {}", "query_id", doc_ids(pl.col("product_id")), "grade")
     )
     return "".join(line + "\n" for line in lines.to_series().to_list()), mapping
 
@@ -93,7 +102,8 @@ def run_text(run: pl.DataFrame, ranker: str, tag: str | None = None) -> str:
             pl.len().over("query").alias("n"),
         )
         .with_columns((pl.col("n") + 1 - pl.col("position")).alias("score"))
-        .select(pl.format("{} Q0 {} {} {} {}", "query_id", "product_id", "position", "score", pl.lit(tag)))
+        .select(pl.format("{} Q0 {} {} {} {}", "query_id", doc_ids(pl.col("product_id")), "position", "score",
+                          pl.lit(tag)))
     )
     return "".join(line + "\n" for line in lines.to_series().to_list())
 

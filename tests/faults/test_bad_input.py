@@ -21,6 +21,7 @@ from rae_ray.config import ConfigError, EndpointConfig, ScaleConfig, StageModelC
 from rae_ray.inputs import LOG_OPTIONAL, LOG_REQUIRED, inspect_catalog, inspect_input
 from rae_ray.io import InputError, Storage
 from rae_ray.metrics.evaluate import query_metrics
+from rae_ray.metrics.trec import query_id
 from rae_ray.sim.judge import make_guideline
 from rae_ray.sim.process import SimThread
 from rae_ray.stages.annotate import MAX_FIELD_CHARS, AnnotateStage, product_for_prompt
@@ -296,6 +297,7 @@ def bad_input_run(ray_local, sim, chorus, tmp_path_factory):
         {"query": "red mug", "ranker": "a", "rank": 8, "product_id": "ghost"},  # unknown product
         {"query": "red mug", "ranker": "b", "rank": 1, "product_id": "dup"},  # duplicated in the catalog
         {"query": "red mug", "ranker": "b", "rank": 2, "product_id": "m1"},
+        {"query": "red mug", "ranker": "b", "rank": 3, "product_id": "m 2"},  # a space: TREC files split on them
         {**first},  # an exact duplicate of a valid row
         {**first, "rank": 9},  # the same product again, lower in the same ranker's list
         {"query": "BAD-UTF8", "ranker": "a", "rank": 1, "product_id": "m1"},
@@ -311,6 +313,7 @@ def bad_input_run(ray_local, sim, chorus, tmp_path_factory):
         {"product_id": "huge", "title": MEGABYTE_TITLE, "brand": "Acme", "description": None},
         {"product_id": "dup", "title": "Red mug, large", "brand": "Acme", "description": None},
         {"product_id": "dup", "title": "Blue cup", "brand": "Other", "description": None},
+        {"product_id": "m 2", "title": "Red mug with lid", "brand": "Acme", "description": None},
     ])
     pl.concat([catalog, more]).write_parquet(folder / "catalog.parquet")
 
@@ -334,14 +337,14 @@ def test_job_reports_every_bad_row_and_labels_each_pair_once(bad_input_run):
                                     "empty product_id", "null ranker", "empty ranker", "rank below 1", "null rank",
                                     "invalid UTF-8 in query"])
     expected = pl.concat([bad_input_run["good"].select("query", "product_id"), pl.DataFrame(
-        {"query": ["red mug"] * 4, "product_id": ["m1", "huge", "ghost", "dup"]})]).unique()
+        {"query": ["red mug"] * 5, "product_id": ["m1", "huge", "ghost", "dup", "m 2"]})]).unique()
     assert labels.height == labels.select("query", "product_id").n_unique() == expected.height == manifest["pairs_unique"]
     assert labels.join(expected, on=["query", "product_id"], how="anti").is_empty()
     by_product = {r["product_id"]: r for r in labels.filter(pl.col("query") == "red mug").iter_rows(named=True)}
     assert by_product["ghost"]["error"] == "unknown product_id: not in the catalog" and by_product["ghost"]["llm_calls"] == 0
     assert by_product["huge"]["grade"] is not None and by_product["dup"]["grade"] is not None
     assert manifest["labelled"] + manifest["errors"]["annotate"] == manifest["pairs_unique"]
-    assert manifest["errors"]["input"] == len(all_input_reasons) and manifest["pairs_in_log"] == bad_input_run["good"].height + 16
+    assert manifest["errors"]["input"] == len(all_input_reasons) and manifest["pairs_in_log"] == bad_input_run["good"].height + 17
     assert manifest["pairs_with_conflicting_catalog_records"] == 1  # (red mug, dup): the catalog lists dup twice
 
 
@@ -358,3 +361,13 @@ def test_job_reports_duplicate_log_rows_and_keeps_ndcg_at_most_one(bad_input_run
     assert errors.filter(pl.col("reason").str.starts_with("duplicate:")).height == 2
     queries = pl.read_parquet(root / "metrics" / "queries.parquet")
     assert queries.filter(pl.col("metric") == "ndcg")["value"].max() <= 1.0 + 1e-9
+
+
+def test_job_trec_files_hold_a_product_id_with_a_space(bad_input_run):
+    """"m 2" is percent-encoded the same way in qrels and run, so TREC tools read one line per pair."""
+    trec = bad_input_run["root"] / "trec"
+    qrels = [line.split() for line in (trec / "qrels.txt").read_text().splitlines()]
+    run_b = [line.split() for line in (trec / "b.run").read_text().splitlines()]
+    assert all(len(line) == 4 for line in qrels) and all(len(line) == 6 for line in run_b)
+    assert [line[0] for line in qrels if line[2] == "m%202"] == [query_id("red mug")]
+    assert [line[:3] for line in run_b if line[2] == "m%202"] == [[query_id("red mug"), "Q0", "m%202"]]

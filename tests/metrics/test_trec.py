@@ -40,8 +40,13 @@ def test_write_qrels_and_run_small(tmp_path):
     ]
     with pytest.raises(ValueError, match="no rows"):
         write_run(run, tmp_path / "none.txt", ranker="missing")
-    with pytest.raises(ValueError, match="whitespace"):
-        write_qrels(labels.with_columns(pl.lit("a b").alias("product_id")), tmp_path / "bad.txt")
+    # Whitespace (and "%") in a product id is percent-encoded, the same way in qrels and runs.
+    write_qrels(labels.head(1).with_columns(pl.lit("SKU 1\t50%").alias("product_id")), tmp_path / "spaces.txt")
+    assert (tmp_path / "spaces.txt").read_text().split() == [query_id("red shoes"), "0", "SKU%201%0950%25", "2"]
+    write_run(run.head(1).with_columns(pl.lit("SKU 1\t50%").alias("product_id")), tmp_path / "spaces.run", "bm25 v1")
+    assert (tmp_path / "spaces.run").read_text().split()[2] == "SKU%201%0950%25"
+    with pytest.raises(ValueError, match="empty"):
+        write_qrels(labels.with_columns(pl.lit("").alias("product_id")), tmp_path / "bad.txt")
 
 
 def test_query_id_is_stable():
