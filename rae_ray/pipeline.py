@@ -375,7 +375,7 @@ def _compact(ds):
     """A materialized stage output in blocks of about ROWS_PER_BLOCK rows: an actor pool hands back one block per
     batch (hundreds of blocks of 16-128 rows), and every step after it pays per block (1,762 image rows in 111
     blocks took 7 s to join on 2 CPUs). `repartition(target_num_rows_per_block=...)` only splits and merges
-    within one task's output in Ray 2.60, so blocks are combined by count (no shuffle, no row moves order)."""
+    within one task's output in Ray 2.60, so blocks are combined by count (no shuffle; rows keep their order)."""
     blocks = -(-ds.count() // ROWS_PER_BLOCK) or 1
     return ds if ds.num_blocks() <= blocks else ds.repartition(blocks).materialize()
 
@@ -535,7 +535,7 @@ def attach_images(job: Job, pairs, caption_config: LLMStageConfig | None):
         keyed = fetched.map_batches(add_caption_ids, batch_format="pyarrow", fn_kwargs={"model": config.llm.captions.model})
         # One vision call per unique image: URLs whose bytes make the same image share a caption_id, and one row
         # of each goes to the pool (a batch-local dedup left duplicates in different batches: 404 calls for the
-        # demo's 14 distinct photos behind 1,762 URLs).
+        # demo's 13 distinct photos behind 1,762 URLs).
         unique = keyed.filter(expr=col("caption_id").is_not_null()).groupby(
             "caption_id", num_partitions=job.parts).map_groups(_first_row, batch_format="pyarrow")
         captioned = _cached_stage(job, unique, CAPTION_SPEC, CaptionStage, caption_config, config.compute.captions)
