@@ -513,7 +513,6 @@ class Images:
 
 def attach_images(job: Job, pairs, caption_config: LLMStageConfig | None):
     """Fetch each unique image once; caption it (caption mode); put image columns on the pairs."""
-    import ray
     from ray.data.expressions import col
 
     config = job.config
