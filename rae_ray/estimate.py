@@ -20,6 +20,7 @@ from rae_ray.config import RunConfig
 from rae_ray.labelstore import add_label_keys
 from rae_ray.llm.client import prompt_tokens
 from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, annotation_messages, guideline_messages
+from rae_ray.manifest import stage_cost
 from rae_ray.stages.annotate import product_for_prompt
 
 DEFAULT_OUTPUT_TOKENS = {"guidelines": 300, "captions": 120, "annotate": 80}
@@ -97,13 +98,9 @@ def _output_tokens(job, stage: str, kind: str) -> tuple[int, str]:
 
 
 def _price(config: RunConfig, stage: str, estimate: StageEstimate) -> float | None:
-    price = config.pricing.get(getattr(config.llm, stage).model)
-    if price is None:
-        return None
-    uncached = estimate.prompt_tokens - estimate.cached_tokens
-    factor = price.batch_factor if getattr(config.llm, stage).batch else 1.0
-    return factor * (uncached * price.input_per_1m + estimate.cached_tokens * price.cached_input_per_1m
-                     + estimate.completion_tokens * price.output_per_1m) / 1e6
+    """What the run's manifest will charge for these tokens (the same price rule, `manifest.stage_cost`)."""
+    return stage_cost(config, stage, {"prompt_tokens": estimate.prompt_tokens, "cached_tokens": estimate.cached_tokens,
+                                      "completion_tokens": estimate.completion_tokens})
 
 
 def estimate(config: RunConfig) -> Estimate:

@@ -106,15 +106,7 @@ class Storage:
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         """Write a whole object; on local disk through a temporary file and a rename (S3 PUTs are atomic)."""
-        fs, path = self.fs(uri)
-        if not is_s3(uri):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-            return
-        with fs.open_output_stream(path) as stream:
+        with self.open_writer(uri) as stream:
             stream.write(data)
 
     @contextlib.contextmanager
