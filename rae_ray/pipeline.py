@@ -560,41 +560,35 @@ def _first_row(group: pa.Table) -> pa.Table:
 def _captions_per_url(job: Job, keyed, captioned):
     """One caption row per image URL (captions/): each unique image's caption spread to every URL showing it;
     URLs whose fetch failed get no caption and their fetch problem as the error. Usage stays on `captioned`."""
-    from ray.data.expressions import col
-
-    urls = keyed.select_columns(["image_url", "image_id", "caption_id", "image_status", "image_error"])
-    by_image = captioned.select_columns(["image_id", "caption", "model", "prompt_version", "cache_hit", "error"])
-    by_image = by_image.rename_columns({"image_id": "image_key", "caption": "image_caption", "error": "caption_error"})
-    fetched = urls.filter(expr=col("caption_id").is_not_null()).rename_columns({"image_id": "image_key"}).join(
-        by_image, join_type="left_outer", num_partitions=job.parts, on=("image_key",))
-    failed = urls.filter(expr=col("caption_id").is_null())
     model = job.config.llm.captions.model
 
-    def lay_out(batch: pa.Table) -> pa.Table:
+    def join_key(batch: pa.Table) -> pa.Table:  # never null: a fetch that failed matches no image ("")
         frame = pl.from_arrow(batch)
-        if "image_key" not in frame.columns:  # fetch failed: no call, the fetch problem is the error
-            frame = frame.with_columns(
-                pl.lit(None, pl.String).alias("caption_id"), pl.lit(None, pl.String).alias("caption"),
-                pl.lit(model).alias("model"), pl.lit(CAPTION_PROMPT_VERSION).alias("prompt_version"),
-                pl.lit(False).alias("cache_hit"),
-                pl.coalesce(pl.col("image_error"), pl.col("image_status")).alias("error"))
-        else:  # the caption_id is set only where there is a caption (as CaptionStage writes it)
-            frame = frame.with_columns(
-                pl.col("image_key").alias("image_id"),
-                pl.when(pl.col("image_caption").is_not_null()).then(pl.col("caption_id")).alias("caption_id"),
-                pl.col("image_caption").alias("caption"),
-                pl.coalesce(pl.col("model"), pl.lit(model)).alias("model"),
-                pl.coalesce(pl.col("prompt_version"), pl.lit(CAPTION_PROMPT_VERSION)).alias("prompt_version"),
-                pl.col("cache_hit").fill_null(False),
-                pl.coalesce(pl.col("caption_error"),
-                            pl.when(pl.col("image_caption").is_null()).then(pl.lit("no caption was made")))
-                .alias("error"))
-        return frame.select(
-            pl.col("image_url", "image_id", "caption_id", "caption", "image_status", "model", "prompt_version")
-            .cast(pl.String), pl.col("cache_hit").cast(pl.Boolean), pl.col("error").cast(pl.String),
+        key = pl.when(pl.col("caption_id").is_not_null()).then(pl.col("image_id")).otherwise(pl.lit(""))
+        return frame.with_columns(key.fill_null("").alias("image_key")).to_arrow()
+
+    def lay_out(batch: pa.Table) -> pa.Table:
+        captioned_url = pl.col("image_caption").is_not_null()
+        failed_fetch = pl.col("image_status") != "ok"
+        return pl.from_arrow(batch).select(
+            pl.col("image_url", "image_id").cast(pl.String),
+            # the caption_id is set only where there is a caption (as CaptionStage writes it)
+            pl.when(captioned_url).then(pl.col("caption_id")).cast(pl.String).alias("caption_id"),
+            pl.col("image_caption").cast(pl.String).alias("caption"),
+            pl.col("image_status").cast(pl.String),
+            pl.coalesce(pl.col("model"), pl.lit(model)).cast(pl.String).alias("model"),
+            pl.coalesce(pl.col("prompt_version"), pl.lit(CAPTION_PROMPT_VERSION)).cast(pl.String).alias("prompt_version"),
+            pl.col("cache_hit").fill_null(False).cast(pl.Boolean),
+            pl.coalesce(pl.col("caption_error"), pl.col("image_error"), pl.when(failed_fetch).then(pl.col("image_status")),
+                        pl.when(~captioned_url).then(pl.lit("no caption was made"))).cast(pl.String).alias("error"),
         ).to_arrow()
 
-    return fetched.map_batches(lay_out, batch_format="pyarrow").union(failed.map_batches(lay_out, batch_format="pyarrow"))
+    urls = keyed.select_columns(["image_url", "image_id", "caption_id", "image_status", "image_error"]).map_batches(
+        join_key, batch_format="pyarrow")
+    by_image = captioned.select_columns(["image_id", "caption", "model", "prompt_version", "cache_hit", "error"])
+    by_image = by_image.rename_columns({"image_id": "image_key", "caption": "image_caption", "error": "caption_error"})
+    return urls.join(by_image, join_type="left_outer", num_partitions=job.parts, on=("image_key",)).map_batches(
+        lay_out, batch_format="pyarrow")
 
 
 def _no_image_status(batch: pa.Table) -> pa.Table:

@@ -82,6 +82,9 @@ def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inp
             assert caption_calls == 5 == manifest["llm_calls"]["captions"]  # one per unique image
             captions = read_output(root, "captions")
             assert captions.height == len(PHOTOS) and captions["caption"].null_count() == 1
+            gone = captions.filter(pl.col("caption").is_null()).row(0, named=True)  # m6: its fetch failed
+            assert gone["image_status"] == "missing" and "404" in gone["error"] and gone["caption_id"] is None
+            assert captions.filter(pl.col("caption").is_not_null())["error"].null_count() == len(PHOTOS) - 1
             by_product = dict(zip(labels["product_id"], labels["caption_id"]))
             assert by_product["m7"] == by_product["m1"] is not None
             assert set(labels.filter(pl.col("image_status") == "ok")["caption_id"]) <= set(captions["caption_id"])
