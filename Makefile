@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: demo test install browser clean
+.PHONY: demo test install browser llama clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,19 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found and cannot be installed here: the browser test will be skipped"; fi; }
 
+# llama.cpp's OpenAI-compatible server and a small real model, for the real-judge tests: built from PyPI's
+# llama-cpp-python source package once (4-17 min on 2 cores), then found in ~/.cache/rae-ray.
+llama: $(STAMP)
+	@command -v cmake >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing cmake and g++ to build llama-server"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ >/dev/null; fi; }
+	$(BIN)/python -m rae_ray.llamacpp build
+
 demo: $(STAMP)
 	$(BIN)/rae-ray demo $(if $(OUT),--out $(OUT),) $(if $(IMAGES),--images $(IMAGES),)
 
-test: $(STAMP) browser
+test: $(STAMP) browser llama
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
