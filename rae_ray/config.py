@@ -125,7 +125,9 @@ class EndpointConfig(_Model):
         default=1, ge=0, le=5, description="Re-asks when a reply does not parse against the schema."
     )
     json_schema: bool = Field(
-        default=True, description="Send response_format json_schema; false for servers without it."
+        default=True,
+        description="Send response_format json_schema (strict). false, for servers without it (they answer 400): "
+        "no response_format, the schema is written into the system message and replies are parsed tolerantly.",
     )
     rpm: int | None = Field(default=None, ge=1, description="Requests per minute allowed per model, cluster-wide.")
     tpm: int | None = Field(default=None, ge=1, description="Tokens per minute allowed per model, cluster-wide.")
@@ -172,8 +174,29 @@ class EndpointConfig(_Model):
 class StageModelConfig(_Model):
     endpoint: str = Field(default="default", description="Name of an entry of llm.endpoints.")
     model: str = Field(description="Model name sent to the endpoint.")
-    temperature: float = Field(default=0.0, ge=0, le=2)
-    max_output_tokens: int = Field(default=800, ge=16, description="max_completion_tokens of one call.")
+    temperature: float = Field(
+        default=0.0, ge=0, le=2, description="Sampling temperature, sent as `temperature` (not sent when reasoning)."
+    )
+    max_output_tokens: int = Field(
+        default=800, ge=16,
+        description="Reply tokens of one call: sent as `max_tokens` (the parameter every OpenAI-compatible server "
+        "knows), or as `max_completion_tokens` when reasoning.",
+    )
+    max_output_tokens_retry: int = Field(
+        default=2000, ge=0, le=200_000,
+        description="A reply cut at max_output_tokens (finish_reason length) is asked again once, the same messages "
+        "with this limit; at or below max_output_tokens there is no second ask. Cut again: the row's error says so.",
+    )
+    reasoning: bool = Field(
+        default=False,
+        description="A reasoning model (OpenAI o-series, gpt-5 family): sends no `temperature` and "
+        "`max_completion_tokens` instead of `max_tokens` (they answer 400 to both); reasoning tokens count "
+        "against max_output_tokens.",
+    )
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = Field(
+        default=None, description="`reasoning_effort` sent to a reasoning model (needs reasoning: true); None: the "
+        "model's default.",
+    )
     expected_output_tokens: int | None = Field(
         default=None, ge=1,
         description="Reply length `rae-ray estimate` assumes; default: the mean in the label store, else 300 "
@@ -187,6 +210,12 @@ class StageModelConfig(_Model):
     )
     batch_poll_s: float = Field(default=30.0, gt=0, description="Seconds between polls of a submitted batch.")
     batch_completion_window: str = Field(default="24h", description="completion_window of the batches.")
+
+    @model_validator(mode="after")
+    def _effort_needs_reasoning(self) -> StageModelConfig:
+        if self.reasoning_effort is not None and not self.reasoning:
+            raise ValueError("reasoning_effort is sent to reasoning models only: set reasoning: true as well")
+        return self
 
 
 class LLMConfig(_Model):

@@ -36,7 +36,7 @@ from rae_ray.metrics.trec import run_text
 from rae_ray.report import write_report
 from rae_ray.sampling import sample_queries
 from rae_ray.llm.ratelimit import budget_actor_class
-from rae_ray.stages.annotate import NO_IMAGE, AnnotateStage
+from rae_ray.stages.annotate import NO_IMAGE, NO_VISION, AnnotateStage
 from rae_ray.stages.captions import CAPTION_COLUMNS, CaptionStage, add_caption_ids
 from rae_ray.stages.images import ImageStage, ImageStageConfig
 from rae_ray.stages.common import USAGE_COLUMNS, LLMStageConfig
@@ -630,6 +630,11 @@ def write_labels(job: Job, pairs, guidelines, images: Images, stage_config: LLMS
     labels = _cached_stage(job, keyed, LABEL_SPEC, AnnotateStage, stage_config, job.config.compute.annotate,
                            prepare_misses=with_guidelines)
     job.counts["labelled"] = labels.filter(expr=col("grade").is_not_null()).count()
+    if job.config.images.mode == "direct":
+        no_vision = labels.filter(expr=col("image_status") == NO_VISION).count()
+        if no_vision:
+            progress(f"annotate: endpoint {stage_config.endpoint.base_url} model {annotate.model} takes no images: "
+                     f"{no_vision} pairs judged on text (image_status {NO_VISION})")
     _write(job, labels, job.layout.labels, "labels")
     return labels
 

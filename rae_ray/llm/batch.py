@@ -26,10 +26,11 @@ import openai
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from rae_ray.config import EndpointConfig
+from rae_ray.config import EndpointConfig, StageModelConfig
 from rae_ray.io import Storage, join_uri
+from rae_ray.llm import protocol
 from rae_ray.llm.client import CallResult, FatalEndpointError, LLMClient, parse_json_reply, redact
-from rae_ray.llm.schemas import response_format
+from rae_ray.llm.schemas import response_format as schema_format
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -94,20 +95,23 @@ class BatchState:
                    parts=[BatchPart(**part) for part in data["parts"]])
 
 
-def request_line(request: BatchRequest, output: type[BaseModel], schema_name: str, model: str,
-                 temperature: float = 0.0, max_output_tokens: int = 800, json_schema: bool = True) -> str:
-    """One JSONL line of a batch input file: the body `LLMClient.structured` would send."""
-    body: dict[str, Any] = {"model": model, "messages": request.messages, "temperature": temperature,
-                            "max_completion_tokens": max_output_tokens}
-    if json_schema:
-        body["response_format"] = response_format(output, schema_name)
+def request_line(request: BatchRequest, output: type[BaseModel], schema_name: str, model: str | StageModelConfig,
+                 temperature: float = 0.0, max_output_tokens: int = 800, json_schema: bool = True,
+                 response_format: dict[str, Any] | None = None) -> str:
+    """One JSONL line of a batch input file: the body `LLMClient.structured` would send (same arguments)."""
+    body = protocol.request_body(request.messages, protocol.model_settings(model, temperature, max_output_tokens),
+                                 response_format or schema_format(output, schema_name), json_schema)
     return json.dumps({"custom_id": request.custom_id, "method": "POST", "url": CHAT_COMPLETIONS, "body": body},
                       ensure_ascii=False)
 
 
 def parse_result_line(item: dict[str, Any], output: type[BaseModel], schema_name: str,
-                      check: Callable[[BaseModel], None] | None = None) -> tuple[str, CallResult]:
-    """(custom_id, result) of one line of an output or error file; never raises for one bad result."""
+                      check: Callable[[BaseModel], None] | None = None,
+                      settings: StageModelConfig | None = None) -> tuple[str, CallResult]:
+    """(custom_id, result) of one line of an output or error file; never raises for one bad result.
+
+    `settings`: what the requests were sent with (named in errors). A batch result is final: a cut reply is not
+    asked again (online calls are)."""
     custom_id = str(item.get("custom_id"))
     result = CallResult(calls=1)
     response = item.get("response")
@@ -115,12 +119,19 @@ def parse_result_line(item: dict[str, Any], output: type[BaseModel], schema_name
         error = item.get("error") or {}
         result.error = f"batch request failed: {error.get('code') or 'error'}: {error.get('message') or 'no response'}"
         result.calls = 0 if error.get("code") in ("batch_expired", "batch_cancelled") else 1
+        result.error_kind = protocol.NOT_SENT if result.calls == 0 else protocol.REFUSED
         return custom_id, result
     body = response.get("body") if isinstance(response.get("body"), dict) else {}
     status = response.get("status_code")
     if status != 200:
-        detail = body.get("error") if isinstance(body.get("error"), dict) else {}
-        result.error = f"HTTP {status}: {detail.get('message') or 'batch request failed'}"[:500]
+        detail = protocol.error_fields(body)
+        kind = protocol.refusal_kind(detail)
+        if kind is not None:
+            model = settings.model if settings is not None else "?"
+            result.error_kind, result.error = kind, protocol.refusal_message(kind, detail, model)[:500]
+        else:
+            result.error_kind = protocol.TRANSPORT if status == 429 or (status or 0) >= 500 else protocol.REFUSED
+            result.error = f"HTTP {status}: {detail.get('message') or 'batch request failed'}"[:500]
         return custom_id, result
     try:
         completion = ChatCompletion.model_validate(body)
@@ -128,13 +139,19 @@ def parse_result_line(item: dict[str, Any], output: type[BaseModel], schema_name
         result.error = f"the batch result is not a chat completion: {LLMClient._parse_problem(error)}"
         return custom_id, result
     result.add_usage(completion.usage)
-    content = completion.choices[0].message.content if completion.choices else None
+    choice = completion.choices[0] if completion.choices else None
+    content = choice.message.content if choice is not None else None
+    if choice is not None and choice.finish_reason == "length":
+        limit = settings.max_output_tokens if settings is not None else result.completion_tokens
+        result.error_kind, result.error = protocol.CUT, protocol.cut_message(limit, schema_name, False)
+        return custom_id, result
     try:
         value = output.model_validate(parse_json_reply(content))
         if check is not None:
             check(value)
         result.value = value
     except (ValueError, ValidationError) as error:
+        result.error_kind = protocol.UNPARSABLE
         result.error = f"reply did not match the {schema_name} schema after 1 tries: {LLMClient._parse_problem(error)}"
     return custom_id, result
 
@@ -318,31 +335,35 @@ class BatchRunner:
     def _unanswered(self, part_of: dict[str, BatchPart], custom_id: str) -> CallResult:
         part = part_of.get(custom_id)
         if part is None:
-            return CallResult(error="not sent: no batch holds this request")
+            return CallResult(error="not sent: no batch holds this request", error_kind=protocol.NOT_SENT)
         if part.status == "failed":
             first = (part.errors or [{}])[0]
             where = f" (line {first['line']})" if first.get("line") else ""
-            return CallResult(error=f"batch {part.batch_id} failed: {first.get('code')}: {first.get('message')}{where}")
-        return CallResult(error=f"no result: batch {part.batch_id} ended {part.status}")
+            return CallResult(error=f"batch {part.batch_id} failed: {first.get('code')}: {first.get('message')}{where}",
+                              error_kind=protocol.REFUSED)
+        return CallResult(error=f"no result: batch {part.batch_id} ended {part.status}", error_kind=protocol.NOT_SENT)
 
     # -- all at once
 
-    async def run(self, requests: Sequence[BatchRequest], output: type[BaseModel], schema_name: str, model: str,
-                  temperature: float = 0.0, max_output_tokens: int = 800,
+    async def run(self, requests: Sequence[BatchRequest], output: type[BaseModel], schema_name: str,
+                  model: str | StageModelConfig, temperature: float = 0.0, max_output_tokens: int = 800,
                   check: Callable[[BaseModel], None] | None = None, timeout_s: float | None = None,
-                  on_poll: Callable[[BatchState], None] | None = None) -> dict[str, CallResult]:
-        """Results of `requests` by custom_id: what the batches answered, or why there is no answer."""
+                  on_poll: Callable[[BatchState], None] | None = None,
+                  response_format: dict[str, Any] | None = None) -> dict[str, CallResult]:
+        """Results of `requests` by custom_id: what the batches answered, or why there is no answer (the request
+        arguments as for `LLMClient.structured`)."""
         ids = [r.custom_id for r in requests]
         if len(set(ids)) != len(ids):
             raise ValueError("custom_ids of a batch must be unique")
-        self.write_parts((r.custom_id, request_line(r, output, schema_name, model, temperature, max_output_tokens,
-                                                    self.endpoint.json_schema)) for r in requests)
+        settings = protocol.model_settings(model, temperature, max_output_tokens)
+        self.write_parts((r.custom_id, request_line(r, output, schema_name, settings, json_schema=self.endpoint.json_schema,
+                                                    response_format=response_format)) for r in requests)
         await self.submit()
         await self.wait(timeout_s, on_poll)
         wanted = set(ids)
         results: dict[str, CallResult] = {}
         for item in self.result_lines():
-            custom_id, result = parse_result_line(item, output, schema_name, check)
+            custom_id, result = parse_result_line(item, output, schema_name, check, settings)
             if custom_id in wanted:
                 results[custom_id] = result
         missing = wanted - results.keys()

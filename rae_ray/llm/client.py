@@ -1,8 +1,10 @@
 """The one LLM client: structured output, tolerant parsing, bounded re-ask, retries, usage, redaction.
 
 Retries, backoff and concurrency limits live here and nowhere else. A call never raises for one bad row:
-it returns a `CallResult` whose `error` says what went wrong. It raises `FatalEndpointError` only when no
-further call can succeed (bad API key, no permission), so the run stops instead of burning retries.
+it returns a `CallResult` whose `error` says what went wrong and whose `error_kind` (see `protocol`) says what
+kind of failure it was. Answers no retry can change (a model that takes no images, a prompt over the context)
+are not retried. It raises `FatalEndpointError` only when no further call can succeed (bad API key, no
+permission), so the run stops instead of burning retries.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from typing import Any
 import openai
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from rae_ray.config import EndpointConfig, Price
+from rae_ray.config import EndpointConfig, Price, StageModelConfig
+from rae_ray.llm import protocol
 from rae_ray.llm.ratelimit import RateBudget
-from rae_ray.llm.schemas import response_format
+from rae_ray.llm.schemas import response_format as schema_format
 
 _KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+)")
 
@@ -67,6 +70,7 @@ class CallResult:
 
     value: BaseModel | None = None
     error: str | None = None
+    error_kind: str | None = None  # what kind of failure (protocol.IMAGE_UNSUPPORTED, ...); None on success
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -166,22 +170,30 @@ class LLMClient:
         messages: list[dict[str, Any]],
         output: type[BaseModel],
         schema_name: str,
-        model: str,
+        model: str | StageModelConfig,
         temperature: float = 0.0,
         max_output_tokens: int = 800,
         check: Callable[[BaseModel], None] | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> CallResult:
-        """One structured call: retries transport failures, re-asks (bounded) when the reply does not parse."""
+        """One structured call: retries transport failures, asks once more with a larger limit when the reply is
+        cut, re-asks (bounded) when it does not parse.
+
+        `model`: a model name, sent with `temperature` and `max_output_tokens`; or a stage's model config, whose
+        own settings (temperature, token limits, reasoning) are sent. `response_format`: default `output`'s
+        strict JSON schema.
+        """
+        settings = protocol.model_settings(model, temperature, max_output_tokens)
+        fmt = response_format or schema_format(output, schema_name)
         result = CallResult()
         started = time.monotonic()
         messages = list(messages)
+        limit = settings.max_output_tokens
         transport_failures = 0
         parse_failures = 0
-        kwargs: dict[str, Any] = {"model": model, "temperature": temperature, "max_completion_tokens": max_output_tokens}
-        if self.endpoint.json_schema:
-            kwargs["response_format"] = response_format(output, schema_name)
         while True:
-            estimate = estimate_tokens(messages, max_output_tokens)
+            body = protocol.request_body(messages, settings, fmt, self.endpoint.json_schema, limit)
+            estimate = estimate_tokens(body["messages"], limit)
             stop = None
             try:
                 async with self._semaphore:
@@ -193,7 +205,7 @@ class LLMClient:
                         stop = await self._budget.acquire(estimate)
                     if stop is None:
                         result.calls += 1
-                        response = await self._client.chat.completions.create(messages=messages, **kwargs)
+                        response = await self._client.chat.completions.create(**body)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
                 # Sticky: the calls queued behind this one stop without a request of their own.
                 self._fatal = FatalEndpointError(
@@ -201,39 +213,56 @@ class LLMClient:
                     f"{self.endpoint.api_key_env}: " + redact(str(error.message), (self._secret,))
                 )
                 raise self._fatal from None
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError, openai.ConflictError) as error:
-                wait = _retry_after(error) if isinstance(error, openai.APIStatusError) else None
-                if await self._retry(result, error, transport_failures, wait):
-                    transport_failures += 1
-                    continue
-                break
             except openai.APIStatusError as error:
-                if error.status_code in (408, 409, 425) or error.status_code >= 500:
+                fields = protocol.error_fields(error.body)
+                kind = protocol.refusal_kind(fields)
+                if kind is not None:  # asking again cannot help, whatever the status (llama.cpp says 500)
+                    result.attempts_log.append(self._describe(error))
+                    result.error_kind = kind
+                    result.error = redact(protocol.refusal_message(kind, fields, settings.model), (self._secret,))[:500]
+                    break
+                if error.status_code in (408, 409, 425, 429) or error.status_code >= 500:
                     if await self._retry(result, error, transport_failures, _retry_after(error)):
                         transport_failures += 1
                         continue
                     break
-                result.error = self._describe(error)
+                result.error_kind, result.error = protocol.REFUSED, self._describe(error)
+                break
+            except openai.APIConnectionError as error:  # timeouts too
+                if await self._retry(result, error, transport_failures, None):
+                    transport_failures += 1
+                    continue
                 break
             if stop is not None:
-                result.error = f"not sent: {stop}"
+                result.error_kind, result.error = protocol.NOT_SENT, f"not sent: {stop}"
                 break
             result.add_usage(response.usage)
             if self._budget is not None:
                 used = (response.usage.total_tokens or 0) if response.usage else estimate
                 self._budget.report(estimate, used, self._cost(response.usage))
-            content = response.choices[0].message.content if response.choices else None
+            choice = response.choices[0] if response.choices else None
+            content = choice.message.content if choice is not None else None
+            if choice is not None and choice.finish_reason == "length":
+                # Cut JSON never parses, and the same limit cuts it again: once more, the same messages, more room.
+                result.attempts_log.append(f"reply cut at {limit} tokens")
+                if limit < settings.max_output_tokens_retry:
+                    limit = settings.max_output_tokens_retry
+                    continue
+                result.error_kind = protocol.CUT
+                result.error = protocol.cut_message(limit, schema_name, limit != settings.max_output_tokens)
+                break
             try:
                 value = output.model_validate(parse_json_reply(content))
                 if check is not None:
                     check(value)
                 result.value = value
-                result.error = None
+                result.error = result.error_kind = None
                 break
             except (ValueError, ValidationError) as error:
                 problem = self._parse_problem(error)
                 result.attempts_log.append(f"unparsable reply: {problem}")
                 if parse_failures >= self.endpoint.max_parse_retries:
+                    result.error_kind = protocol.UNPARSABLE
                     result.error = f"reply did not match the {schema_name} schema after {parse_failures + 1} tries: {problem}"
                     break
                 parse_failures += 1
@@ -252,6 +281,7 @@ class LLMClient:
         described = self._describe(error)
         result.attempts_log.append(described)
         if failures >= self.endpoint.max_retries:
+            result.error_kind = protocol.TRANSPORT
             result.error = f"gave up after {failures + 1} attempts: {described}"
             return False
         delay = self._backoff(failures) if wait is None else min(wait, self.endpoint.backoff_max_s) + random.uniform(0, 0.25)

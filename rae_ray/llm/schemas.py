@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 GUIDELINE_SCHEMA_NAME = "query_guideline"
 JUDGEMENT_SCHEMA_NAME = "relevance_judgement"
 CAPTION_SCHEMA_NAME = "image_caption"
+# The config section (llm.<stage>) whose model answers each schema, named in errors that need a setting changed.
+STAGE_OF_SCHEMA = {GUIDELINE_SCHEMA_NAME: "guidelines", JUDGEMENT_SCHEMA_NAME: "annotate", CAPTION_SCHEMA_NAME: "captions"}
 
 
 class _Strict(BaseModel):
@@ -60,3 +64,15 @@ def response_format(model: type[BaseModel], name: str) -> dict:
         "type": "json_schema",
         "json_schema": {"name": name, "schema": model.model_json_schema(), "strict": True},
     }
+
+
+def judgement_format(grades: Sequence[Mapping[str, Any]]) -> dict:
+    """`response_format` of a judgement on this scale: `grade` and `label` are enums of the scale's grades and
+    names, so constrained decoding cannot leave the scale. Still valid in OpenAI's strict mode (every property
+    required, no additional properties)."""
+    fmt = response_format(RelevanceJudgement, JUDGEMENT_SCHEMA_NAME)
+    schema = copy.deepcopy(fmt["json_schema"]["schema"])
+    schema["properties"]["grade"]["enum"] = [int(g["grade"]) for g in grades]
+    schema["properties"]["label"]["enum"] = [str(g["name"]) for g in grades]
+    fmt["json_schema"]["schema"] = schema
+    return fmt

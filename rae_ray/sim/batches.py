@@ -30,7 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
-from rae_ray.sim.server import ApiError, SimServer, _malformed, _read_prompt, _render, _task, answer
+from rae_ray.sim.refusals import ApiError, check_modes
+from rae_ray.sim.server import SimServer, _malformed, _read_prompt, _render, _task, answer
 
 BATCH_ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOWS = ("24h",)
@@ -337,6 +338,7 @@ class BatchService:
         self.counters["batch_requests"] += 1
         try:
             prompt = _read_prompt(body)
+            check_modes(server.config, body, prompt.prompt_tokens, len(prompt.image_urls))
             task = _task(prompt)
             injected = server._injected_error()
             if injected not in (None, "malformed"):
@@ -352,8 +354,7 @@ class BatchService:
                 content = _render(reply, prompt.wants_json)
             completion, completion_tokens = server._completion(prompt, content, cached)
         except ApiError as error:
-            return error.status, {"error": {"message": error.message, "type": error.type, "param": error.param,
-                                            "code": error.code}}
+            return error.status, error.body()
         batch.usage["input"] += prompt.prompt_tokens
         batch.usage["output"] += completion_tokens
         batch.usage["cached"] += cached

@@ -47,6 +47,23 @@ class SimConfig(BaseModel):
         None, ge=0, description="With api_key: refuse the key (401) on every completion after the first N, as if it "
                                 "were revoked mid-run (GET /v1/models keeps accepting it, so preflight passes)."
     )
+    vision: bool = Field(
+        True, description="The model takes images. Off (--no-vision): a request with an image_url part is answered 500 "
+        "'image input is not supported - hint: ...', as llama.cpp's server without its mmproj does.",
+    )
+    context_tokens: int | None = Field(
+        None, ge=1, description="Context size in tokens: a longer prompt is answered 400 exceed_context_size_error "
+        "with n_prompt_tokens and n_ctx, as llama.cpp's server does. None: no limit.",
+    )
+    reasoning: bool = Field(
+        False, description="Act as a reasoning model (OpenAI o-series, gpt-5 family): a temperature other than 1 is "
+        "answered 400 unsupported_value, max_tokens 400 unsupported_parameter; takes max_completion_tokens and "
+        "reasoning_effort.",
+    )
+    json_schema: bool = Field(
+        True, description="Accept response_format json_schema. Off (--no-json-schema): it is answered 400 (param response_format), "
+        "as servers without structured output do.",
+    )
     prefix_cache_size: int = Field(10_000, ge=0, description="Prompt prefixes remembered for cached_tokens (LRU).")
     access_log: bool = Field(False, description="Log every request to stderr (slows the server down).")
     record_requests: int = Field(

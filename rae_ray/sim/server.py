@@ -2,7 +2,9 @@
 
 Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /stats`, `POST /stats/reset`, `GET /health`, and
 `GET /debug/requests` (the last `record_requests` completion bodies, for tests of what a client really sends).
-A completion goes through, in order: API key check, body parsing, rate limits (429 at once, never queued),
+A completion goes through, in order: API key check, body parsing, the endpoint's modes (what a model without
+vision, a small context, a reasoning model or a server without json_schema refuses: `refusals`), rate limits
+(429 at once, never queued),
 the in-flight queue, error injection, latency, then the judge. Every response carries `x-rae-simulated: true`.
 """
 
@@ -31,6 +33,7 @@ from aiohttp import web
 from rae_ray.llm import prompts, schemas
 from rae_ray.sim.judge import describe_image, estimate_tokens, judge, make_guideline
 from rae_ray.sim.config import ERROR_KINDS, SimConfig
+from rae_ray.sim.refusals import ApiError, check_modes
 
 SYSTEM_FINGERPRINT = "rae-ray-sim"
 LISTENING_LINE = "rae-ray sim listening on {base_url} (SIMULATED endpoint: offline heuristic judge, not a real LLM)"
@@ -40,20 +43,6 @@ WINDOW_S = 60.0
 _PRODUCT_BLOCK = '<data name="product">'
 _TASKS = (schemas.GUIDELINE_SCHEMA_NAME, schemas.JUDGEMENT_SCHEMA_NAME, schemas.CAPTION_SCHEMA_NAME)
 NO_SCHEMA = "(none)"
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
-        self.headers = dict(headers or {})
-
-    def response(self) -> web.Response:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return web.json_response(body, status=self.status, headers=self.headers)
 
 
 # ---------------------------------------------------------------------------------------------- limits, stats
@@ -477,6 +466,7 @@ class SimServer:
         prompt = _read_prompt(body)
         stats.by_schema[prompt.schema_name or NO_SCHEMA] += 1
         stats.by_model[prompt.model] += 1
+        check_modes(self.config, body, prompt.prompt_tokens, len(prompt.image_urls))
         task = _task(prompt)
         headers = self._rate_limit(prompt)
         stats.queued += 1

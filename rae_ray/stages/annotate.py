@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import pyarrow as pa
 
 from rae_ray.inputs import PRODUCT_COLUMNS
 from rae_ray.llm.client import CallResult
 from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, annotation_messages
-from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, RelevanceJudgement
+from rae_ray.llm.protocol import IMAGE_UNSUPPORTED
+from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, RelevanceJudgement, judgement_format
 from rae_ray.stages.common import LLMStageConfig, gather_calls, make_client, missing_columns, usage_columns
 
 # Longer product text is cut before it reaches a prompt (a 1 MB title must not become a 1 MB request).
@@ -26,10 +28,13 @@ LABEL_COLUMNS = [
 # image_status of a label: "none" (text mode, or the product has no image_url), "ok" (the judge saw the caption
 # or the image), else why not and the pair was judged on text alone: a fetch status of `rae_ray.images`
 # (missing, refused, too_large, not_image, timeout, error), "caption_failed" (caption mode: the vision call
-# failed) or "image_rejected" (direct mode: the endpoint refused the image; judged again without it).
+# failed, e.g. the vision model takes no images), "image_rejected" (direct mode: the endpoint refused this image;
+# judged again without it) or "no_vision" (direct mode: the endpoint said its model takes no images at all; from
+# then on the actor sends no image, and judges each such pair on text without a failed call first).
 NO_IMAGE = "none"
 CAPTION_FAILED = "caption_failed"
 IMAGE_REJECTED = "image_rejected"
+NO_VISION = "no_vision"
 # Errors of a call with an image that a call without it may not hit (the image was refused, not the endpoint down).
 _IMAGE_REFUSAL = ("HTTP 400", "HTTP 413", "HTTP 415", "HTTP 422")
 
@@ -65,6 +70,14 @@ class AnnotateStage:
         self.config = config
         self.client = make_client(config)
         self.names = {g["grade"]: g["name"] for g in config.scale}
+        self.response_format = judgement_format(config.scale)
+        self.no_vision: str | None = None  # the endpoint's refusal, once it said its model takes no images
+
+    def _stop_sending_images(self, error: str) -> None:
+        if self.no_vision is None:
+            self.no_vision = error
+            logging.getLogger(__name__).warning(
+                "annotate: %s; this actor judges every pair on text from now on (image_status no_vision)", error)
 
     def _check(self, judgement: RelevanceJudgement) -> None:
         if judgement.grade not in self.names:
@@ -83,7 +96,9 @@ class AnnotateStage:
                 return json.loads(row["caption"]), None, "ok"
             except (TypeError, json.JSONDecodeError):
                 return None, None, CAPTION_FAILED
-        return (None, row["image_data_url"], "ok") if row["image_data_url"] else (None, None, "error")
+        if not row["image_data_url"]:
+            return None, None, "error"
+        return (None, None, NO_VISION) if self.no_vision is not None else (None, row["image_data_url"], "ok")
 
     def _messages(self, row: dict, guideline: dict, caption: dict | None, data_url: str | None) -> list[dict]:
         return annotation_messages(
@@ -97,8 +112,8 @@ class AnnotateStage:
         if not model.batch:
             return await gather_calls([
                 None if m is None else self.client.structured(
-                    m, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model.model, model.temperature,
-                    model.max_output_tokens, check=self._check)
+                    m, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model, check=self._check,
+                    response_format=self.response_format)
                 for m in messages])
         return await self._judge_in_batch(rows, messages)
 
@@ -119,8 +134,8 @@ class AnnotateStage:
             completion_window=model.batch_completion_window, metadata={"rae_ray_stage": "annotate"},
         )
         try:
-            by_id = await runner.run(requests, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model.model,
-                                     model.temperature, model.max_output_tokens, check=self._check)
+            by_id = await runner.run(requests, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model, check=self._check,
+                                     response_format=self.response_format)
         finally:
             await runner.close()
         return [by_id[i] if i is not None else None for i in ids]
@@ -139,17 +154,23 @@ class AnnotateStage:
                 continue
             messages.append(self._messages(row, json.loads(row["guideline"]), caption, data_url))
         results = await self._judge(rows, messages)
-        # Direct mode: an image the endpoint refuses must not cost the label: judge that pair on text alone.
-        retry = [
-            i for i, r in enumerate(results)
-            if r is not None and r.value is None and images[i] and (r.error or "").startswith(_IMAGE_REFUSAL)
-        ]
+        # Direct mode: an image the endpoint refuses must not cost the label: judge that pair on text alone. An
+        # endpoint that takes no images at all gets none from this actor again.
+        retry: dict[int, str] = {}
+        for i, r in enumerate(results):
+            if r is None or r.value is not None or not images[i]:
+                continue
+            if r.error_kind == IMAGE_UNSUPPORTED:
+                self._stop_sending_images(r.error)
+                retry[i] = NO_VISION
+            elif (r.error or "").startswith(_IMAGE_REFUSAL):
+                retry[i] = IMAGE_REJECTED
         if retry:
             again = await self._judge([rows[i] for i in retry], [
                 self._messages(rows[i], json.loads(rows[i]["guideline"]), None, None) for i in retry])
-            for i, result in zip(retry, again):
+            for (i, status), result in zip(retry.items(), again):
                 _add_usage(result, results[i])
-                results[i], statuses[i] = result, IMAGE_REJECTED
+                results[i], statuses[i] = result, status
         grades, errors = [], []
         for row, result in zip(rows, results):
             if result is None:

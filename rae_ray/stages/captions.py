@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import pyarrow as pa
 
 from rae_ray.images import image_id
+from rae_ray.llm.client import CallResult
+from rae_ray.llm.protocol import IMAGE_UNSUPPORTED
 from rae_ray.llm.prompts import CAPTION_PROMPT_VERSION, caption_messages
 from rae_ray.llm.schemas import CAPTION_SCHEMA_NAME, ImageCaption
 from rae_ray.stages.common import LLMStageConfig, gather_calls, make_client, missing_columns, usage_columns
@@ -45,6 +48,7 @@ class CaptionStage:
     only where there is a caption. Optional input
     column `caption` (JSON text, e.g. joined from a store by `caption_id`): where it is set, it is reused
     without a call and the row says `cache_hit`. Images with the same content inside a batch share one call.
+    Once the endpoint says its model takes no images, the actor calls it no more: the rest get that error.
     """
 
     required_columns = ("image_url", "image_status", "image_data_url")
@@ -52,6 +56,10 @@ class CaptionStage:
     def __init__(self, config: LLMStageConfig):
         self.config = config
         self.client = make_client(config)
+        self.no_vision: str | None = None  # the endpoint's refusal, once it said its model takes no images
+
+    async def _no_call(self) -> CallResult:
+        return CallResult(error=self.no_vision, error_kind=IMAGE_UNSUPPORTED)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         missing_columns(batch, self.required_columns, "CaptionStage")
@@ -62,11 +70,14 @@ class CaptionStage:
         for row, known in zip(rows, cached):
             key = row["caption_id"]
             if key is not None and known is None and key not in calls:
-                calls[key] = self.client.structured(
-                    caption_messages(row["image_data_url"]), ImageCaption, CAPTION_SCHEMA_NAME, model.model,
-                    model.temperature, model.max_output_tokens,
-                )
+                calls[key] = self._no_call() if self.no_vision is not None else self.client.structured(
+                    caption_messages(row["image_data_url"]), ImageCaption, CAPTION_SCHEMA_NAME, model)
         done = dict(zip(calls, await gather_calls(list(calls.values()))))
+        refusal = next((r.error for r in done.values() if r.error_kind == IMAGE_UNSUPPORTED), None)
+        if refusal is not None and self.no_vision is None:
+            self.no_vision = refusal
+            logging.getLogger(__name__).warning(
+                "captions: %s; this actor sends no more images (those pairs are judged on text)", refusal)
         # Usage is counted once, on the first row of each image.
         results, captions, errors, hits, counted = [], [], [], [], set()
         for row, known in zip(rows, cached):

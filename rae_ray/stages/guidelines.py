@@ -37,9 +37,7 @@ class GuidelineStage:
                     guideline_messages(query, self.config.scale),
                     QueryGuideline,
                     GUIDELINE_SCHEMA_NAME,
-                    model.model,
-                    model.temperature,
-                    model.max_output_tokens,
+                    model,
                     check=self._check,
                 )
                 for query in queries

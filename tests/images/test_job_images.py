@@ -91,3 +91,30 @@ def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inp
         else:
             assert caption_calls == 0
             assert labels["caption_id"].null_count() == labels.height
+
+
+def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, capsys):
+    """llama.cpp without its mmproj answers an image 500: every pair is still labelled, on text, in a few calls."""
+    from rae_ray.sim.process import SimProcess
+
+    with SimProcess(vision=False) as blind:
+        config = base_config(blind.base_url, inputs / "out-blind", run_id="blind",
+                             input={"log": str(inputs / "log.parquet"), "catalog": str(inputs / "catalog.parquet")},
+                             images={"mode": "direct", "allow_hosts": ["127.0.0.1"], "timeout_s": 5})
+        config["llm"]["endpoints"]["default"]["max_retries"] = 6
+        # One actor, one batch of 4 pairs at a time: it learns from its first batch, the rest go text-only.
+        config["compute"]["annotate"] = {"batch_size": 4, "max_actors": 1, "max_concurrent_batches": 1}
+        pipeline.run(config_from_dict(config))
+        stats = blind.stats()
+    labels = read_output(inputs / "out-blind" / "blind", "labels")
+    pairs, with_image = len(QUERIES) * len(PHOTOS), len(QUERIES) * (len(PHOTOS) - 1)
+    assert labels.height == pairs and labels["grade"].null_count() == 0 and labels["error"].null_count() == pairs
+    status = dict(zip(labels["product_id"], labels["image_status"]))
+    assert status == {p: "no_vision" if c else "missing" for p, c in PHOTOS.items()}
+    # Refused at most once per pair of the first batch, never retried; then one call a pair. Without that: each of
+    # the 12 pairs with an image sent 7 times (max_retries 6), and still not labelled.
+    assert stats["by_status"].get("500", 0) <= 4 and stats["requests_total"] <= len(QUERIES) + pairs + 4
+    manifest = json.loads((inputs / "out-blind" / "blind" / "manifest.json").read_text())
+    assert manifest["labels_by_image_status"] == {"no_vision": with_image, "missing": len(QUERIES)}
+    assert (f"model sim-judge takes no images: {with_image} pairs judged on text (image_status no_vision)"
+            in capsys.readouterr().err)
