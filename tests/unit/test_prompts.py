@@ -76,3 +76,15 @@ def test_redact_removes_keys():
     text = "Incorrect API key provided: sk-proj-abcdef123456. Bearer sk-xyz"
     cleaned = redact(text, ("sk-proj-abcdef123456",))
     assert "abcdef" not in cleaned and "sk-xyz" not in cleaned
+
+
+def test_guideline_prompt_forbids_invented_requirements():
+    from rae_ray.llm.prompts import GUIDELINE_PROMPT_VERSION
+
+    system = " ".join(guideline_messages("camera", SCALE)[0]["content"].split())
+    assert GUIDELINE_PROMPT_VERSION == "guideline-v2"
+    assert "Never invent a requirement" in system
+    for aspect in ("brand", "colour", "size", "material"):
+        assert aspect in system.split("Never invent a requirement", 1)[1].split(".")[0]
+    assert 'Use "must" only for what the query states explicitly' in system
+    assert "names or clearly implies" in system
