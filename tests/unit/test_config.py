@@ -99,3 +99,12 @@ def test_batch_mode_is_for_annotation_only():
     assert config_from_dict(minimal, ["llm.annotate.batch=true"]).llm.annotate.batch is True
     with pytest.raises(ConfigError, match="batch mode is for llm.annotate only"):
         config_from_dict(minimal, ["llm.guidelines.batch=true"])
+
+
+def test_guidelines_are_on_unless_turned_off():
+    assert config_from_dict(MINIMAL).llm.guidelines.enabled is True
+    off = config_from_dict(MINIMAL, ["llm.guidelines.enabled=false"])
+    assert off.llm.guidelines.enabled is False and off.llm.guidelines.model == "g"
+    with pytest.raises(ConfigError, match="llm.annotate.enabled"):  # the switch belongs to the guideline stage only
+        config_from_dict(MINIMAL, ["llm.annotate.enabled=false"])
+
