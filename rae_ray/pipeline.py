@@ -102,6 +102,7 @@ class RunResult:
     manifest: dict[str, Any]
     rankers: pl.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
+    agreement: Any = None  # evaluation.AgreementTables when input.human_labels is set (its `matched` pairs: the sweep)
 
 
 @dataclass
@@ -918,7 +919,8 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
     )
     job.storage.write_json(job.layout.manifest, manifest)
     write_report(evaluation, manifest, job.storage, job.layout)
-    return RunResult(root=job.layout.root, manifest=manifest, rankers=by_ranker, seconds=job.seconds)
+    return RunResult(root=job.layout.root, manifest=manifest, rankers=by_ranker, seconds=job.seconds,
+                     agreement=evaluation.agreement)
 
 
 def fatal_endpoint_error(error: BaseException) -> FatalEndpointError | None:
