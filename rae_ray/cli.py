@@ -108,6 +108,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print()
     print(sweep_table(result, metric=args.metric, k=args.k))
     print(f"sweep comparison: {result.root}/comparison.parquet")
+    if result.judges is not None:
+        from rae_ray.judges import judges_lines
+
+        print()
+        print("\n".join(judges_lines(result.judges)))
+        print(f"judges: {result.root}/judges.parquet")
     return 0
 
 

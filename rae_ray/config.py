@@ -218,9 +218,18 @@ class StageModelConfig(_Model):
         return self
 
 
+class GuidelineModelConfig(StageModelConfig):
+    enabled: bool = Field(
+        default=True,
+        description="Write a guideline per query and judge every pair against it. false: the paper's ablation: "
+        "no guideline calls, the judge sees only the query, the scale and the product (its own annotation prompt "
+        "version, so its labels are stored apart; labels' guideline_id is null).",
+    )
+
+
 class LLMConfig(_Model):
     endpoints: dict[str, EndpointConfig] = Field(description="Named endpoints; stages refer to them by name.")
-    guidelines: StageModelConfig = Field(description="Model writing the per-query guidelines.")
+    guidelines: GuidelineModelConfig = Field(description="Model writing the per-query guidelines.")
     annotate: StageModelConfig = Field(description="Model judging each (query, product) pair.")
     captions: StageModelConfig | None = Field(
         default=None, description="Vision model describing product images (images.mode: caption)."

@@ -19,7 +19,7 @@ import pyarrow as pa
 from rae_ray.config import RunConfig
 from rae_ray.labelstore import add_label_keys
 from rae_ray.llm.client import prompt_tokens
-from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, annotation_messages, guideline_messages
+from rae_ray.llm.prompts import annotation_messages, annotation_prompt_version, guideline_messages
 from rae_ray.manifest import stage_cost
 from rae_ray.stages.annotate import product_for_prompt
 
@@ -58,9 +58,12 @@ def guideline_prompt_tokens(batch: pa.Table, scale: list[dict]) -> pa.Table:
     return pa.table({"query": batch.column("query"), "prompt_tokens": pa.array(tokens, pa.int64())})
 
 
-def annotation_prompt_tokens(batch: pa.Table, scale: list[dict], guideline_chars: int) -> pa.Table:
-    """Per pair: the prompt's tokens and those of its shared prefix (everything before the product)."""
-    placeholder = {"guideline": "x" * guideline_chars}
+def annotation_prompt_tokens(batch: pa.Table, scale: list[dict], guideline_chars: int | None) -> pa.Table:
+    """Per pair: the prompt's tokens and those of its shared prefix (everything before the product).
+
+    guideline_chars None: guidelines are off, the prompt has no guideline.
+    """
+    placeholder = {"guideline": "x" * guideline_chars} if guideline_chars is not None else None
     totals, prefixes = [], []
     for row in batch.to_pylist():
         messages = annotation_messages(row["query"], placeholder, scale, product_for_prompt(row))
@@ -132,24 +135,31 @@ def estimate(config: RunConfig) -> Estimate:
 
     from ray.data.aggregate import Max
 
-    queries = pairs.filter(expr=col("pair_error").is_null()).groupby("query", num_partitions=job.parts).aggregate(
-        Max("guideline_id", alias_name="guideline_id"))
-    result.queries = queries.count()
-    output, source = _output_tokens(job, "guidelines", "guidelines")
-    missing, hits = misses_of(queries, GUIDELINE_SPEC)
-    stage = StageEstimate(cache_hits=hits, output_tokens_source=source)
-    sums = missing.map_batches(guideline_prompt_tokens, batch_format="pyarrow", fn_kwargs={"scale": scale}).aggregate(
-        Count(), Sum("prompt_tokens"))
-    stage.calls = int(sums["count()"] or 0)
-    stage.prompt_tokens = int(sums["sum(prompt_tokens)"] or 0)
-    stage.completion_tokens = stage.calls * output
-    stage.cost_usd = _price(config, "guidelines", stage)
+    judgeable = pairs.filter(expr=col("pair_error").is_null())
+    if config.llm.guidelines.enabled:
+        queries = judgeable.groupby("query", num_partitions=job.parts).aggregate(
+            Max("guideline_id", alias_name="guideline_id"))
+        result.queries = queries.count()
+        output, source = _output_tokens(job, "guidelines", "guidelines")
+        missing, hits = misses_of(queries, GUIDELINE_SPEC)
+        stage = StageEstimate(cache_hits=hits, output_tokens_source=source)
+        sums = missing.map_batches(guideline_prompt_tokens, batch_format="pyarrow", fn_kwargs={"scale": scale}).aggregate(
+            Count(), Sum("prompt_tokens"))
+        stage.calls = int(sums["count()"] or 0)
+        stage.prompt_tokens = int(sums["sum(prompt_tokens)"] or 0)
+        stage.completion_tokens = stage.calls * output
+        stage.cost_usd = _price(config, "guidelines", stage)
+        guideline_chars = 4 * output
+    else:  # llm.guidelines.enabled false: no guideline calls, and no guideline in the judge's prompt
+        result.queries = judgeable.groupby("query", num_partitions=job.parts).count().count()
+        stage = StageEstimate(output_tokens_source="off", cost_usd=0.0)
+        guideline_chars = None
     result.stages["guidelines"] = stage
-    guideline_chars = 4 * output
 
     annotate = config.llm.annotate
-    keyed = pairs.filter(expr=col("pair_error").is_null()).map_batches(add_label_keys, batch_format="pyarrow", fn_kwargs={
-        "model": annotate.model, "prompt_version": ANNOTATION_PROMPT_VERSION, "scale": scale, "image_mode": "text"})
+    keyed = judgeable.map_batches(add_label_keys, batch_format="pyarrow", fn_kwargs={
+        "model": annotate.model, "prompt_version": annotation_prompt_version(config.llm.guidelines.enabled),
+        "scale": scale, "image_mode": "text"})
     output, source = _output_tokens(job, "annotate", "labels")
     missing, hits = misses_of(keyed, LABEL_SPEC)
     tokens = missing.map_batches(annotation_prompt_tokens, batch_format="pyarrow",

@@ -7,17 +7,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rae_ray.config import RunConfig, redacted
-from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, CAPTION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION
+from rae_ray.llm.prompts import CAPTION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION, annotation_prompt_version
 
 STAGES = ("guidelines", "captions", "annotate")
 
 
 def usage_totals(ds) -> dict[str, int | float]:
-    """Sums of a stage output's usage columns, in one pass over the dataset."""
+    """Sums of a stage output's usage columns, in one pass over the dataset (zeros for None: a stage not run)."""
     from ray.data.aggregate import Count, Sum
     from ray.data.expressions import col
 
-    if ds.count() == 0:
+    if ds is None or ds.count() == 0:
         return {"rows": 0, "llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
                 "seconds": 0.0, "cache_hits": 0}
     totals = ds.aggregate(
@@ -49,7 +49,7 @@ def stage_cost(config: RunConfig, stage: str, usage: dict[str, Any]) -> float | 
     ) / 1e6
 
 
-def versions() -> dict[str, str]:
+def versions(guidelines: bool = True) -> dict[str, str]:
     import openai
     import polars
     import pyarrow
@@ -60,8 +60,8 @@ def versions() -> dict[str, str]:
     return {
         "rae_ray": __version__, "ray": ray.__version__, "pyarrow": pyarrow.__version__, "polars": polars.__version__,
         "openai": openai.__version__, "python": platform.python_version(),
-        "prompts": {"guidelines": GUIDELINE_PROMPT_VERSION, "captions": CAPTION_PROMPT_VERSION,
-                    "annotate": ANNOTATION_PROMPT_VERSION},
+        "prompts": {"guidelines": GUIDELINE_PROMPT_VERSION if guidelines else None, "captions": CAPTION_PROMPT_VERSION,
+                    "annotate": annotation_prompt_version(guidelines)},
     }
 
 
@@ -93,6 +93,6 @@ def build_manifest(
         "cost_usd": {**{s: (round(c, 6) if c is not None else None) for s, c in costs.items()},
                      "total": round(sum(known), 6) if known else None},
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "versions": versions(),
+        "versions": versions(config.llm.guidelines.enabled),
         "config": redacted(config),
     }

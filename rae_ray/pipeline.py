@@ -27,7 +27,7 @@ from rae_ray.inputs import TableInfo, inspect_catalog, inspect_log, log_columns,
 from rae_ray.io import InputError, RunLayout, Storage, atomic_parquet_sink, join_uri, resolve_uri, s3_endpoint
 from rae_ray.labelstore import LabelStore, add_label_keys, publish_shard
 from rae_ray.llm.client import FatalEndpointError, LLMClient
-from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, CAPTION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION
+from rae_ray.llm.prompts import CAPTION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION, annotation_prompt_version
 from rae_ray.manifest import build_manifest, usage_totals
 from rae_ray.evaluation import LABEL_SCHEMA, QRELS, RUN, RUN_SCHEMA, load_human_labels, locale_segments, qrels_lines
 from rae_ray.evaluation import evaluate as evaluate_run
@@ -102,6 +102,7 @@ class RunResult:
     manifest: dict[str, Any]
     rankers: pl.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
+    agreement: Any = None  # evaluation.AgreementTables when input.human_labels is set (its `matched` pairs: the sweep)
 
 
 @dataclass
@@ -180,13 +181,15 @@ def _stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, bu
         budget_actor=budget_actor,
         price=config.pricing.get(model.model),
         batch_state_uri=join_uri(batch_state_uri, stage) if model.batch and batch_state_uri else None,
+        guidelines=config.llm.guidelines.enabled,
         s3_endpoint_url=config.storage.s3_endpoint_url,
         s3_region=config.storage.s3_region,
     )
 
 
 def llm_stages(config: RunConfig) -> list[str]:
-    return ["guidelines", *(["captions"] if config.images.mode == "caption" else []), "annotate"]
+    return [*(["guidelines"] if config.llm.guidelines.enabled else []),
+            *(["captions"] if config.images.mode == "caption" else []), "annotate"]
 
 
 def start_budget(config: RunConfig, run_id: str):
@@ -483,7 +486,8 @@ def build_pairs(job: Job, inputs: Inputs, selected):
         .map_groups(unique_pairs, batch_format="pyarrow")
         .map_batches(pair_problems, batch_format="pyarrow")
         .map_batches(add_guideline_ids, batch_format="pyarrow", fn_kwargs={
-            "model": guideline.model, "prompt_version": GUIDELINE_PROMPT_VERSION, "scale": job.config.scale.as_dicts()})
+            "model": guideline.model if guideline.enabled else None,  # guidelines off: null ids
+            "prompt_version": GUIDELINE_PROMPT_VERSION, "scale": job.config.scale.as_dicts()})
         .materialize()
     )
     job.counts["pairs_unique"] = pairs.count()
@@ -597,14 +601,16 @@ def _no_image_status(batch: pa.Table) -> pa.Table:
     return batch.set_column(batch.column_names.index("image_status"), "image_status", status)
 
 
-def write_guidelines(job: Job, pairs, stage_config: LLMStageConfig):
-    """One guideline per unique query (store first, then the LLM)."""
+def write_guidelines(job: Job, pairs, stage_config: LLMStageConfig | None):
+    """One guideline per unique query (store first, then the LLM); None when guidelines are off."""
     from ray.data.aggregate import Max
     from ray.data.expressions import col
 
-    queries = pairs.filter(expr=col("pair_error").is_null()).groupby("query", num_partitions=job.parts).aggregate(
-        Max("guideline_id", alias_name="guideline_id")
-    )
+    judgeable = pairs.filter(expr=col("pair_error").is_null())
+    if stage_config is None:  # llm.guidelines.enabled false: no guideline, no call
+        job.counts["queries"] = judgeable.groupby("query", num_partitions=job.parts).count().count()
+        return None
+    queries = judgeable.groupby("query", num_partitions=job.parts).aggregate(Max("guideline_id", alias_name="guideline_id"))
     guidelines = _cached_stage(job, queries, GUIDELINE_SPEC, GuidelineStage, stage_config, job.config.compute.guidelines)
     job.counts["queries"] = guidelines.count()
     _write(job, guidelines, job.layout.guidelines, "guidelines")
@@ -617,12 +623,14 @@ def write_labels(job: Job, pairs, guidelines, images: Images, stage_config: LLMS
 
     annotate = job.config.llm.annotate
     keyed = pairs.map_batches(add_label_keys, batch_format="pyarrow", fn_kwargs={
-        "model": annotate.model, "prompt_version": ANNOTATION_PROMPT_VERSION, "scale": job.config.scale.as_dicts(),
-        "image_mode": job.config.images.mode})
-    guideline_text = guidelines.select_columns(["query", "guideline", "error"]).rename_columns({"error": "guideline_error"})
+        "model": annotate.model, "prompt_version": annotation_prompt_version(stage_config.guidelines),
+        "scale": job.config.scale.as_dicts(), "image_mode": job.config.images.mode})
 
     def with_guidelines(misses):
-        misses = misses.join(guideline_text, join_type="left_outer", num_partitions=job.parts, on=("query",))
+        if guidelines is not None:
+            guideline_text = guidelines.select_columns(["query", "guideline", "error"]).rename_columns(
+                {"error": "guideline_error"})
+            misses = misses.join(guideline_text, join_type="left_outer", num_partitions=job.parts, on=("query",))
         if images.data_urls is not None:  # direct mode: the image bytes travel only with the pairs sent to the judge
             misses = misses.join(images.data_urls, join_type="left_outer", num_partitions=job.parts, on=("image_url",))
         return misses
@@ -651,7 +659,8 @@ def write_errors(job: Job, checked, guidelines, labels, images: Images) -> dict[
 
     parts = {
         "input": checked.filter(expr=col("input_error").is_not_null()).map_batches(invalid_rows, batch_format="pyarrow"),
-        "guidelines": _stage_errors(guidelines, "guidelines", pl.col("error"), col("error").is_not_null()),
+        **({"guidelines": _stage_errors(guidelines, "guidelines", pl.col("error"), col("error").is_not_null())}
+           if guidelines is not None else {}),
         "annotate": _stage_errors(labels, "annotate", pl.col("error"), col("error").is_not_null()),
     }
     if images.fetched is not None:
@@ -808,8 +817,9 @@ def _steps(job: Job, inputs: Inputs, stage_configs: dict[str, LLMStageConfig]):
         job.timed("images", t)
 
     t = time.monotonic()
-    guidelines = write_guidelines(job, pairs, stage_configs["guidelines"])
-    progress(f"guidelines: {job.counts['queries']} queries in {job.timed('guidelines', t):.1f}s")
+    guidelines = write_guidelines(job, pairs, stage_configs.get("guidelines"))
+    progress(f"guidelines: {job.counts['queries']} queries in {job.timed('guidelines', t):.1f}s"
+             + ("" if guidelines is not None else " (off: llm.guidelines.enabled false)"))
 
     t = time.monotonic()
     labels = write_labels(job, pairs, guidelines, images, stage_configs["annotate"])
@@ -914,7 +924,8 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
     )
     job.storage.write_json(job.layout.manifest, manifest)
     write_report(evaluation, manifest, job.storage, job.layout)
-    return RunResult(root=job.layout.root, manifest=manifest, rankers=by_ranker, seconds=job.seconds)
+    return RunResult(root=job.layout.root, manifest=manifest, rankers=by_ranker, seconds=job.seconds,
+                     agreement=evaluation.agreement)
 
 
 def fatal_endpoint_error(error: BaseException) -> FatalEndpointError | None:

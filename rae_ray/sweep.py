@@ -4,6 +4,7 @@ A sweep file names a base config and its variants, each a set of `--set`-style o
 
     base: jobs/configs/demo.yaml
     sweep_id: nightly            # runs are <sweep_id>-<variant>; default sweep-<UTC timestamp>
+    set: {metrics.bootstrap: 500}   # optional: overrides of every variant (before --set and the variant's own)
     variants:
       k10: {}
       k5: {k: 5}
@@ -13,7 +14,9 @@ Variants run one after the other on the same Ray (each one's stages still fan ou
 the base config's label store, so what one variant paid for, the next reuses. The sweep writes
 `<output.uri>/<sweep_id>/comparison.parquet` (variant, run_id, ranker, metric, k, value, ci_low, ci_high,
 n_queries) and `rankings.parquet` (per variant and metric@k: the rankers' order, and Kendall's tau against the
-first variant's order), and prints one table across variants.
+first variant's order), and prints one table across variants. When the configs have `input.human_labels`,
+it also writes `judges.parquet` (`rae_ray.judges`: each variant's agreement with people, with intervals, and
+its cost; people's agreement with each other) and prints it, the best judge by Cohen's kappa marked.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import yaml
 
 from rae_ray.config import ConfigError, RunConfig, load_config
 from rae_ray.io import RunLayout, join_uri, resolve_uri
+from rae_ray.judges import JudgeRun, judges_table
 from rae_ray.metrics.agreement import kendall_tau
 
 
@@ -37,6 +41,7 @@ class SweepResult:
     root: str
     comparison: pl.DataFrame
     rankings: pl.DataFrame
+    judges: pl.DataFrame | None = None  # with human labels: rae_ray.judges.JUDGES_SCHEMA
 
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[str, dict[str, RunConfig]]:
@@ -46,9 +51,11 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[str, dict[s
         spec = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"sweep file not found: {path}") from None
-    unknown = set(spec) - {"base", "sweep_id", "variants"}
+    unknown = set(spec) - {"base", "sweep_id", "set", "variants"}
     if unknown:
-        raise ConfigError(f"sweep {path}: unknown key(s) {sorted(unknown)} (expected base, sweep_id, variants)")
+        raise ConfigError(f"sweep {path}: unknown key(s) {sorted(unknown)} (expected base, sweep_id, set, variants)")
+    if not isinstance(spec.get("set") or {}, dict):
+        raise ConfigError(f"sweep {path}: 'set' must map config keys to values")
     if not spec.get("base") or not spec.get("variants"):
         raise ConfigError(f"sweep {path}: needs 'base' (a config file) and 'variants' (name: overrides)")
     base = Path(spec["base"])
@@ -56,12 +63,17 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[str, dict[s
         base = path.parent / base
     sweep_id = spec.get("sweep_id") or "sweep-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     configs = {}
+    common = _as_overrides(spec.get("set"))
     for name, changes in spec["variants"].items():
-        sets = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-                for key, value in (changes or {}).items()]
-        config = load_config(base, [*overrides, *sets, f"run_id={sweep_id}-{name}"])
+        config = load_config(base, [*common, *overrides, *_as_overrides(changes), f"run_id={sweep_id}-{name}"])
         configs[str(name)] = config
     return sweep_id, configs
+
+
+def _as_overrides(changes: dict | None) -> list[str]:
+    """{dotted key: value} -> `--set`-style key=value strings (values as YAML)."""
+    return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+            for key, value in (changes or {}).items()]
 
 
 def rankings(comparison: pl.DataFrame) -> pl.DataFrame:
@@ -88,15 +100,38 @@ def rankings(comparison: pl.DataFrame) -> pl.DataFrame:
                                       "kendall_tau_vs_first": pl.Float64})
 
 
+def judge_run(variant: str, config: RunConfig, result) -> JudgeRun | None:
+    """A variant's row input of the judges table, from its config and `pipeline.RunResult`; None without people."""
+    if result.agreement is None:
+        return None
+    system = result.agreement.system
+    return JudgeRun(
+        variant=variant, run_id=config.run_id, annotate_model=config.llm.annotate.model,
+        guidelines_model=config.llm.guidelines.model if config.llm.guidelines.enabled else "none",
+        matched=result.agreement.matched, manifest=result.manifest,
+        kendall_tau=float(system["kendall_tau"][0]) if system.height and system["kendall_tau"][0] is not None else None,
+    )
+
+
+def rater_columns(config: RunConfig) -> dict[str, str]:
+    """Rater name -> its column in the matched pairs (the label column itself is `human_grade` there)."""
+    human = config.input.human_labels
+    return {c: ("human_grade" if c == human.column else c) for c in human.rater_columns} if human else {}
+
+
 def run_sweep(sweep_id: str, configs: dict[str, RunConfig]) -> SweepResult:
     from rae_ray.pipeline import make_job, progress, run
 
     frames = []
+    judge_runs = []
     first = next(iter(configs.values()))
     for name, config in configs.items():
         progress(f"sweep {sweep_id}: variant {name} ({list(configs).index(name) + 1}/{len(configs)})")
         result = run(config)
         frames.append(result.rankers.with_columns(pl.lit(name).alias("variant"), pl.lit(config.run_id).alias("run_id")))
+        judged = judge_run(name, config, result)
+        if judged is not None:
+            judge_runs.append(judged)
     comparison = pl.concat(frames, how="diagonal_relaxed").select(
         "variant", "run_id", "ranker", "metric", "k", "value", "ci_low", "ci_high", "n_queries")
     ranks = rankings(comparison)
@@ -104,7 +139,13 @@ def run_sweep(sweep_id: str, configs: dict[str, RunConfig]) -> SweepResult:
     layout = RunLayout(join_uri(resolve_uri(first.output.uri), sweep_id))
     job.storage.write_table(layout.path("comparison.parquet"), comparison.to_arrow())
     job.storage.write_table(layout.path("rankings.parquet"), ranks.to_arrow())
-    return SweepResult(root=layout.root, comparison=comparison, rankings=ranks)
+    judges = None
+    if judge_runs:
+        people = next(c for c in configs.values() if c.input.human_labels is not None)
+        judges = judges_table(judge_runs, rater_columns(people), [g.grade for g in first.scale.grades],
+                              n_bootstrap=first.metrics.bootstrap, seed=first.metrics.seed)
+        job.storage.write_table(layout.path("judges.parquet"), judges.to_arrow())
+    return SweepResult(root=layout.root, comparison=comparison, rankings=ranks, judges=judges)
 
 
 def sweep_table(result: SweepResult, metric: str = "ndcg", k: int = 10) -> str:

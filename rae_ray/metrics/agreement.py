@@ -11,8 +11,10 @@ import polars as pl
 from rae_ray.metrics.evaluate import require_columns
 
 __all__ = [
+    "AGREEMENT_MEASURES",
     "RATER_AGREEMENT_SCHEMA",
     "agreement",
+    "agreement_by_query",
     "hard_disagreements",
     "kendall_tau",
     "rater_agreement",
@@ -26,6 +28,12 @@ RATER_AGREEMENT_SCHEMA = {
     "cohen_kappa": pl.Float64,
     "quadratic_weighted_kappa": pl.Float64,
 }
+
+
+AGREEMENT_MEASURES = ("exact", "cohen_kappa", "quadratic_weighted_kappa")
+
+# Resample rows x queries held at once by `agreement_by_query` (memory bound of one chunk of resamples).
+_RESAMPLE_CHUNK = 2_000_000
 
 
 def _kappa(confusion: np.ndarray, weights: np.ndarray) -> float:
@@ -88,6 +96,77 @@ def agreement(a, b, grades: Sequence[int] = (0, 1, 2)) -> dict:
         "confusion": confusion.tolist(),
         "per_grade": per_grade,
     }
+
+
+def _measures(confusions: np.ndarray) -> dict[str, np.ndarray]:
+    """The AGREEMENT_MEASURES of a stack of (G x G) confusion matrices, one value per matrix (NaN where undefined)."""
+    size = confusions.shape[-1]
+    positions = np.arange(size)
+    n = confusions.sum(axis=(1, 2)).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = {"exact": np.trace(confusions, axis1=1, axis2=2) / n}
+        expected = confusions.sum(axis=2)[:, :, None] * confusions.sum(axis=1)[:, None, :] / n[:, None, None]
+        for name, weights in (("cohen_kappa", 1.0 - np.eye(size)),
+                              ("quadratic_weighted_kappa", ((positions[:, None] - positions[None, :]) / (size - 1)) ** 2)):
+            denominator = np.sum(weights * expected, axis=(1, 2))
+            kappa = 1.0 - np.sum(weights * confusions, axis=(1, 2)) / denominator
+            out[name] = np.where(denominator > 0, kappa, np.nan)
+    return out
+
+
+def agreement_by_query(
+    a, b, queries, grades: Sequence[int] = (0, 1, 2), n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> dict:
+    """Agreement of grades `a` with reference grades `b` on all pairs pooled, with bootstrap intervals over queries.
+
+    `queries` names each pair's query. A resample draws as many queries as there are, with replacement, and
+    recomputes the measures on the pooled pairs of the drawn queries (a query drawn twice counts twice): the pairs
+    of one query move together, as they are not independent. Pairs where a or b is NaN are dropped.
+    Returns n, n_queries, and for each of exact, cohen_kappa, quadratic_weighted_kappa the value (as `agreement`)
+    and the percentile interval `<name>_ci_low`, `<name>_ci_high`. Resamples where a kappa is undefined are left
+    out of its interval; bounds are NaN with no pairs, n_bootstrap = 0, or no defined resample.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    queries = np.asarray(queries, dtype=object).reshape(-1)
+    if not a.shape == b.shape == queries.shape:
+        raise ValueError(f"a, b and queries must have the same length, got {a.size}, {b.size} and {queries.size}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    keep = ~np.isnan(a) & ~np.isnan(b)
+    a, b, queries = a[keep], b[keep], queries[keep]
+    point = agreement(a, b, grades)  # checks the grades
+    out = {"n": point["n"], "n_queries": 0}
+    for name in AGREEMENT_MEASURES:
+        out.update({name: point[name], f"{name}_ci_low": float("nan"), f"{name}_ci_high": float("nan")})
+    if a.size == 0:
+        return out
+    names, query_index = np.unique(queries.astype(str), return_inverse=True)
+    out["n_queries"] = n_queries = names.size
+    if n_bootstrap == 0:
+        return out
+    index = {float(g): i for i, g in enumerate(grades)}
+    size = len(index)
+    per_query = np.zeros((n_queries, size, size), dtype=np.float64)
+    np.add.at(per_query, (query_index, [index[x] for x in a.tolist()], [index[x] for x in b.tolist()]), 1.0)
+    per_query = per_query.reshape(n_queries, size * size)
+    rng = np.random.default_rng(seed)
+    values = {name: np.empty(n_bootstrap) for name in AGREEMENT_MEASURES}
+    rows = max(1, _RESAMPLE_CHUNK // n_queries)
+    for start in range(0, n_bootstrap, rows):
+        count = min(rows, n_bootstrap - start)
+        picks = rng.integers(0, n_queries, size=(count, n_queries)) + (np.arange(count) * n_queries)[:, None]
+        drawn = np.bincount(picks.reshape(-1), minlength=count * n_queries).reshape(count, n_queries)
+        for name, value in _measures((drawn @ per_query).reshape(count, size, size)).items():
+            values[name][start : start + count] = value
+    alpha = 1.0 - confidence
+    for name, value in values.items():
+        defined = value[~np.isnan(value)]
+        if defined.size:
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = (float(q) for q in np.quantile(defined, [alpha / 2, 1 - alpha / 2]))
+    return out
 
 
 def hard_disagreements(

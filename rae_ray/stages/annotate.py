@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from rae_ray.inputs import PRODUCT_COLUMNS
 from rae_ray.llm.client import CallResult
-from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, annotation_messages
+from rae_ray.llm.prompts import annotation_messages, annotation_prompt_version
 from rae_ray.llm.protocol import IMAGE_UNSUPPORTED
 from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, RelevanceJudgement, judgement_format
 from rae_ray.stages.common import LLMStageConfig, gather_calls, make_client, missing_columns, usage_columns
@@ -62,14 +62,17 @@ class AnnotateStage:
     Optional image inputs, joined onto the pairs by `image_url`: `caption` (JSON text) with `caption_id` and
     `image_status` (caption mode: the description goes into the prompt), or `image_data_url` with `image_status`
     (direct mode: the request carries the image). Without them the pair is judged on its text (text mode).
+    With `config.guidelines` false (the ablation) the pairs need no guideline columns and are judged without one.
     """
 
     required_columns = ("query", "product_id", "product_hash", "pair_error", "guideline_id", "guideline", "guideline_error")
+    required_without_guidelines = ("query", "product_id", "product_hash", "pair_error")
 
     def __init__(self, config: LLMStageConfig):
         self.config = config
         self.client = make_client(config)
         self.names = {g["grade"]: g["name"] for g in config.scale}
+        self.prompt_version = annotation_prompt_version(config.guidelines)
         self.response_format = judgement_format(config.scale)
         self.no_vision: str | None = None  # the endpoint's refusal, once it said its model takes no images
 
@@ -100,7 +103,8 @@ class AnnotateStage:
             return None, None, "error"
         return (None, None, NO_VISION) if self.no_vision is not None else (None, row["image_data_url"], "ok")
 
-    def _messages(self, row: dict, guideline: dict, caption: dict | None, data_url: str | None) -> list[dict]:
+    def _messages(self, row: dict, caption: dict | None, data_url: str | None) -> list[dict]:
+        guideline = json.loads(row["guideline"]) if self.config.guidelines else None
         return annotation_messages(
             row["query"], guideline, self.config.scale, product_for_prompt(row), caption=caption, image_data_url=data_url
         )
@@ -141,7 +145,8 @@ class AnnotateStage:
         return [by_id[i] if i is not None else None for i in ids]
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        missing_columns(batch, self.required_columns, "AnnotateStage")
+        required = self.required_columns if self.config.guidelines else self.required_without_guidelines
+        missing_columns(batch, required, "AnnotateStage")
         rows = batch.to_pylist()
         model = self.config.model
         messages, statuses, images = [], [], []
@@ -149,10 +154,10 @@ class AnnotateStage:
             caption, data_url, status = self._image_inputs(row)
             statuses.append(status)
             images.append(data_url)
-            if row["pair_error"] is not None or row["guideline"] is None:
+            if row["pair_error"] is not None or (self.config.guidelines and row["guideline"] is None):
                 messages.append(None)
                 continue
-            messages.append(self._messages(row, json.loads(row["guideline"]), caption, data_url))
+            messages.append(self._messages(row, caption, data_url))
         results = await self._judge(rows, messages)
         # Direct mode: an image the endpoint refuses must not cost the label: judge that pair on text alone. An
         # endpoint that takes no images at all gets none from this actor again.
@@ -167,7 +172,7 @@ class AnnotateStage:
                 retry[i] = IMAGE_REJECTED
         if retry:
             again = await self._judge([rows[i] for i in retry], [
-                self._messages(rows[i], json.loads(rows[i]["guideline"]), None, None) for i in retry])
+                self._messages(rows[i], None, None) for i in retry])
             for (i, status), result in zip(retry.items(), again):
                 _add_usage(result, results[i])
                 results[i], statuses[i] = result, status
@@ -191,8 +196,8 @@ class AnnotateStage:
                 "label": pa.array([self.names.get(g) if g is not None else None for g in grades], pa.string()),
                 "reasoning": pa.array([r.value.reasoning if r is not None and r.value else None for r in results], pa.string()),
                 "model": pa.array([model.model] * n, pa.string()),
-                "prompt_version": pa.array([ANNOTATION_PROMPT_VERSION] * n, pa.string()),
-                "guideline_id": batch.column("guideline_id"),
+                "prompt_version": pa.array([self.prompt_version] * n, pa.string()),
+                "guideline_id": batch.column("guideline_id") if self.config.guidelines else pa.nulls(n, pa.string()),
                 "caption_id": pa.array(caption_ids, pa.string()),
                 "image_id": pa.array(image_ids, pa.string()),
                 "image_status": pa.array(statuses, pa.string()),

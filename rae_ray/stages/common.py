@@ -28,6 +28,8 @@ class LLMStageConfig(BaseModel):
     budget_actor: str | None = None
     budget_namespace: str = "rae-ray"
     price: Price | None = None
+    # Annotation: judge against the query's guideline (false: llm.guidelines.enabled off, the judge sees none).
+    guidelines: bool = True
     # Batch mode (model.batch): where the batches' state and files go, and the S3 settings to reach it.
     batch_state_uri: str | None = None
     s3_endpoint_url: str | None = None

@@ -255,7 +255,9 @@ def guideline_id(query: str, model: str, prompt_version: str, scale: list[dict])
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
-def add_guideline_ids(batch: pa.Table, model: str, prompt_version: str, scale: list[dict]) -> pa.Table:
-    """Add `guideline_id` to rows that carry a query."""
+def add_guideline_ids(batch: pa.Table, model: str | None, prompt_version: str, scale: list[dict]) -> pa.Table:
+    """Add `guideline_id` to rows that carry a query; null for all when model is None (guidelines off)."""
+    if model is None:
+        return batch.append_column("guideline_id", pa.nulls(batch.num_rows, pa.string()))
     ids = [guideline_id(q, model, prompt_version, scale) for q in batch.column("query").to_pylist()]
     return batch.append_column("guideline_id", pa.array(ids, pa.string()))

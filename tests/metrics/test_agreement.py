@@ -92,3 +92,56 @@ def test_kendall_tau_by_formula_and_constant():
     # (1,1),(2,3),(3,2): pairs 12 concordant, 13 concordant, 23 discordant; no ties
     assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx((2 - 1) / math.sqrt(3 * 3))
     assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
+
+
+# --- agreement_by_query: pooled pairs, bootstrap over queries ------------------------------------------------
+
+
+def test_agreement_by_query_pools_the_pairs_and_resamples_whole_queries():
+    from rae_ray.metrics.agreement import agreement_by_query
+
+    # q1: three pairs, all agree; q2: one pair, two grades apart.
+    a = [2, 1, 0, 2]
+    b = [2, 1, 0, 0]
+    result = agreement_by_query(a, b, ["q1", "q1", "q1", "q2"], n_bootstrap=2000, seed=3)
+    assert (result["n"], result["n_queries"]) == (4, 2)
+    assert result["exact"] == pytest.approx(3 / 4)  # pooled; the mean of the queries' shares would be 1/2
+    # confusion rows a [1, 1, 2], columns b [2, 1, 1]: chance (1*2 + 1*1 + 2*1) / 16
+    chance = 5 / 16
+    assert result["cohen_kappa"] == pytest.approx((3 / 4 - chance) / (1 - chance))
+    # Resamples of two queries: {q1, q1} (p 1/4) exact 1, kappa 1; {q1, q2} (p 1/2) as above; {q2, q2} (p 1/4) exact 0,
+    # kappa 0 (observed and expected disagreement are equal). Each end holds 1/4 of the resamples, more than 2.5%.
+    assert (result["exact_ci_low"], result["exact_ci_high"]) == (0.0, 1.0)
+    assert result["cohen_kappa_ci_low"] == pytest.approx(0.0) and result["cohen_kappa_ci_high"] == pytest.approx(1.0)
+
+
+def test_one_query_gives_no_spread_where_resampling_pairs_would():
+    from rae_ray.metrics.agreement import agreement_by_query
+
+    result = agreement_by_query([0, 1, 2, 2], [0, 1, 1, 2], ["q"] * 4, n_bootstrap=500, seed=0)
+    assert result["exact"] == pytest.approx(3 / 4)
+    for name in ("exact", "cohen_kappa", "quadratic_weighted_kappa"):
+        assert result[f"{name}_ci_low"] == pytest.approx(result[name])
+        assert result[f"{name}_ci_high"] == pytest.approx(result[name])
+
+
+def test_undefined_resamples_are_left_out_and_edge_cases():
+    from rae_ray.metrics.agreement import agreement_by_query
+
+    # q1 uses one grade only: a resample of q1 twice has an undefined kappa (chance agreement is total).
+    result = agreement_by_query([1, 1, 0, 2], [1, 1, 0, 2], ["q1", "q1", "q2", "q2"], n_bootstrap=400, seed=1)
+    assert result["cohen_kappa"] == pytest.approx(1.0)
+    assert (result["cohen_kappa_ci_low"], result["cohen_kappa_ci_high"]) == (pytest.approx(1.0), pytest.approx(1.0))
+
+    nan = float("nan")
+    dropped = agreement_by_query([1, nan, 0], [1, 0, nan], ["q1", "q2", "q3"], n_bootstrap=0)
+    assert (dropped["n"], dropped["n_queries"], dropped["exact"]) == (1, 1, 1.0)
+    assert math.isnan(dropped["exact_ci_low"]) and math.isnan(dropped["exact_ci_high"])
+    empty = agreement_by_query([], [], [], n_bootstrap=100)
+    assert empty["n"] == 0 and math.isnan(empty["exact"]) and math.isnan(empty["exact_ci_high"])
+    same = [agreement_by_query(A, B, list("aabbccdd"), n_bootstrap=300, seed=7) for _ in range(2)]
+    assert same[0] == same[1]
+    with pytest.raises(ValueError, match="same length"):
+        agreement_by_query([0, 1], [0, 1], ["q"])
+    with pytest.raises(ValueError, match="not on the scale"):
+        agreement_by_query([0, 5], [0, 1], ["q", "q"])

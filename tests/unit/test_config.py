@@ -85,7 +85,12 @@ def test_shipped_configs_load(monkeypatch):
             sweep_id, variants = load_sweep(path)
             assert len(variants) >= 2
             assert all(c.run_id == f"{sweep_id}-{name}" for name, c in variants.items())
-            assert variants["k5"].k == 5 and variants["judge-b"].llm.annotate.model == "sim-judge-b"
+            assert variants["judge-b"].llm.annotate.model == "sim-judge-b"
+            if path.name == "sweep-demo.yaml":
+                assert variants["k5"].k == 5
+            if path.name == "sweep-judges.yaml":  # people in every variant; the ablation turns guidelines off
+                assert all(c.input.human_labels.grade_map == {3: 2, 2: 1, 1: 1, 0: 0} for c in variants.values())
+                assert [c.llm.guidelines.enabled for c in variants.values()] == [True, True, False]
         else:
             config = load_config(path)
             assert config.llm.annotate.model
@@ -99,3 +104,28 @@ def test_batch_mode_is_for_annotation_only():
     assert config_from_dict(minimal, ["llm.annotate.batch=true"]).llm.annotate.batch is True
     with pytest.raises(ConfigError, match="batch mode is for llm.annotate only"):
         config_from_dict(minimal, ["llm.guidelines.batch=true"])
+
+
+def test_guidelines_are_on_unless_turned_off():
+    assert config_from_dict(MINIMAL).llm.guidelines.enabled is True
+    off = config_from_dict(MINIMAL, ["llm.guidelines.enabled=false"])
+    assert off.llm.guidelines.enabled is False and off.llm.guidelines.model == "g"
+    with pytest.raises(ConfigError, match="llm.annotate.enabled"):  # the switch belongs to the guideline stage only
+        config_from_dict(MINIMAL, ["llm.annotate.enabled=false"])
+
+
+def test_sweep_set_applies_to_every_variant_before_its_own(tmp_path):
+    import yaml
+
+    from rae_ray.sweep import load_sweep
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(MINIMAL))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "base": "base.yaml", "sweep_id": "s", "set": {"k": 7, "input.human_labels": {"uri": "h.csv", "rater_columns": ["r1", "r2"]}},
+        "variants": {"a": {}, "b": {"k": 3}}}))
+    _, variants = load_sweep(tmp_path / "sweep.yaml")
+    assert variants["a"].k == 7 and variants["b"].k == 3
+    assert all(v.input.human_labels.rater_columns == ["r1", "r2"] for v in variants.values())
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "set": ["k=7"], "variants": {"a": {}}}))
+    with pytest.raises(ConfigError, match="'set' must map"):
+        load_sweep(tmp_path / "bad.yaml")

@@ -73,3 +73,20 @@ def test_guideline_id_depends_on_what_decides_a_guideline():
     assert base != guideline_id("red shoe", "m2", "v1", scale)
     assert base != guideline_id("red shoe", "m", "v2", scale)
     assert normalize_query("  ＲＥＤ   Shoe ") == "red shoe"
+
+
+def test_without_guidelines_ids_are_null_and_label_keys_still_tell_queries_apart():
+    from rae_ray.labelstore import add_label_keys, label_key
+    from rae_ray.stages.prepare import add_guideline_ids
+
+    pairs = pa.table({"query": ["Red Shoe", "red shoe", "blue shoe"], "product_hash": ["h", "h", "h"]})
+    scale = [{"grade": 1, "name": "yes", "description": ""}, {"grade": 0, "name": "no", "description": ""}]
+    off = add_guideline_ids(pairs, None, "guideline-v2", scale)
+    assert off.column("guideline_id").null_count == 3
+    keys = add_label_keys(off, "judge", "annotate-v2-noguideline", scale, "text").column("label_key").to_pylist()
+    assert keys[0] == keys[1] != keys[2]  # the normalized query stands in for the guideline
+    on = add_guideline_ids(pairs, "writer", "guideline-v2", scale)
+    with_ids = add_label_keys(on, "judge", "annotate-v1", scale, "text").column("label_key").to_pylist()
+    ids = on.column("guideline_id").to_pylist()
+    assert with_ids == [label_key(g, "h", "judge", "annotate-v1", scale) for g in ids]
+    assert not set(with_ids) & set(keys)

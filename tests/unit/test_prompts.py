@@ -76,3 +76,27 @@ def test_redact_removes_keys():
     text = "Incorrect API key provided: sk-proj-abcdef123456. Bearer sk-xyz"
     cleaned = redact(text, ("sk-proj-abcdef123456",))
     assert "abcdef" not in cleaned and "sk-xyz" not in cleaned
+
+
+def test_guideline_prompt_forbids_invented_requirements():
+    from rae_ray.llm.prompts import GUIDELINE_PROMPT_VERSION
+
+    system = " ".join(guideline_messages("camera", SCALE)[0]["content"].split())
+    assert GUIDELINE_PROMPT_VERSION == "guideline-v2"
+    assert "Never invent a requirement" in system
+    for aspect in ("brand", "colour", "size", "material"):
+        assert aspect in system.split("Never invent a requirement", 1)[1].split(".")[0]
+    assert 'Use "must" only for what the query states explicitly' in system
+    assert "names or clearly implies" in system
+
+
+def test_annotation_without_guideline_has_no_guideline_block_and_its_own_version():
+    from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, annotation_prompt_version
+
+    without = annotation_messages("red mug", None, SCALE, {"title": "Red mug"})
+    with_guideline = annotation_messages("red mug", GUIDELINE, SCALE, {"title": "Red mug"})
+    assert set(parse_data_blocks(message_text(without[1]))) == {"query", "scale", "product"}
+    assert "guideline" in parse_data_blocks(message_text(with_guideline[1]))
+    assert "guideline" not in without[0]["content"] and "guideline" in with_guideline[0]["content"]
+    assert annotation_prompt_version(True) == ANNOTATION_PROMPT_VERSION
+    assert annotation_prompt_version(False) not in (ANNOTATION_PROMPT_VERSION, None)
