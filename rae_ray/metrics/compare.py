@@ -89,6 +89,9 @@ def randomization_p_values(
     if d.ndim != 2:
         raise ValueError(f"diffs must be an (n, m) matrix, got shape {d.shape}")
     n, m = d.shape
+    missing = np.flatnonzero(np.isnan(d).any(axis=0))
+    if missing.size:
+        raise ValueError(f"diffs has NaN in column(s) {missing.tolist()}: a difference without a value cannot be tested")
     if n == 0:
         return np.full(m, np.nan)
     if n_permutations < 1:
@@ -120,7 +123,8 @@ def randomization_test(diffs, n_permutations: int = 10000, rng: np.random.Genera
 
     p = share of sign patterns whose |mean| is at least the observed |mean|. All 2**n patterns are enumerated
     when 2**n <= n_permutations (exact, as scipy.stats.permutation_test does); otherwise n_permutations random
-    patterns give p = (count + 1) / (n_permutations + 1). NaN for no differences; 1.0 when all are 0.
+    patterns give p = (count + 1) / (n_permutations + 1). NaN for no differences; 1.0 when all are 0; a NaN
+    difference is a ValueError.
     """
     d = np.asarray(diffs, dtype=np.float64).reshape(-1)
     return float(randomization_p_values(d[:, None], n_permutations, rng)[0])

@@ -158,3 +158,13 @@ def test_a_row_does_not_depend_on_the_other_rows(chorus_query_metrics):
     )
     in_full = full.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10)).select(columns)
     assert_frame_equal(in_full, alone.select(columns), check_exact=False, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def test_randomization_rejects_nan():
+    """A NaN difference has no sign to flip: an error, not p = 0 (it made every |sum| comparison false)."""
+    with pytest.raises(ValueError, match="NaN"):
+        randomization_test([0.1, float("nan"), 0.2], n_permutations=100)
+    with pytest.raises(ValueError, match="NaN"):
+        randomization_test(np.random.default_rng(0).normal(size=80).tolist() + [float("nan")], n_permutations=100)
+    with pytest.raises(ValueError, match=r"column\(s\) \[1\]"):
+        randomization_p_values(np.array([[0.1, 0.2], [0.3, np.nan]]), n_permutations=100)
