@@ -493,8 +493,10 @@ def agreement_tables(
     )
     both = rankers.drop_nulls(["judge_value", "human_value"])
     tau = kendall_tau(both["judge_value"].to_numpy(), both["human_value"].to_numpy()) if both.height >= 2 else float("nan")
+    # The queries the two orders were compared on: human-labelled queries the run scored under both sets of labels.
+    compared = judge_metrics.select("query").unique().join(human_metrics.select("query").unique(), on="query", how="semi")
     system = pl.DataFrame(
-        {"metric": ["ndcg"], "k": [k], "kendall_tau": [tau], "n_rankers": [both.height], "n_queries": [len(queries)]},
+        {"metric": ["ndcg"], "k": [k], "kendall_tau": [tau], "n_rankers": [both.height], "n_queries": [compared.height]},
         schema={"metric": pl.String, "k": pl.Int32, "kendall_tau": pl.Float64, "n_rankers": pl.Int64, "n_queries": pl.Int64},
     )
     coverage = {

@@ -82,14 +82,14 @@ SMALL_MANIFEST = {
 SMALL_CONFIG = MetricsConfig(ks=[3], bootstrap=200, permutations=1000, baseline="old", worst_n=3)
 
 
-def run_small(root: str, storage: Storage | None = None, human: bool = True, **overrides):
+def run_small(root: str, storage: Storage | None = None, human: bool | HumanLabels = True, **overrides):
     log = small_log()
     labels = small_labels()
     by_query = query_metrics(log, labels, ks=[3])
     return evaluate(
         query_metrics=by_query, source=FrameSource(log, labels, small_products()),
         config=overrides.pop("config", SMALL_CONFIG), storage=storage or Storage(), layout=RunLayout(root),
-        segments=segments_from_log(log), human=small_human() if human else None,
+        segments=segments_from_log(log), human=small_human() if human is True else (human or None),
         manifest=overrides.pop("manifest", SMALL_MANIFEST), **overrides,
     )
 

@@ -16,7 +16,7 @@ from rae_ray.evaluation import (
 )
 from rae_ray.io import RunLayout, Storage
 
-from .conftest import SCRIPT_TITLE, XSS_QUERY, run_small, small_labels, small_log
+from .conftest import SCRIPT_TITLE, XSS_QUERY, run_small, small_human, small_labels, small_log
 
 WRITTEN = [
     "metrics/rankers.parquet", "metrics/queries.parquet", "metrics/comparisons.parquet", "metrics/segments.parquet",
@@ -97,6 +97,22 @@ def test_agreement_by_hand(small_result):
     assert tables.coverage == {"human_pairs": 9, "judged_pairs": 7, "judge_errors": 1, "not_judged": 1}
     system = tables.system.row(0, named=True)
     assert system["n_rankers"] == 2 and system["n_queries"] == 3 and -1 <= system["kendall_tau"] <= 1
+
+
+def test_system_counts_the_queries_compared(tmp_path):
+    """agreement/system.parquet: n_queries are the human-labelled queries the run scored, not the human file's."""
+    human = small_human()
+    elsewhere = pl.DataFrame(  # two queries people labelled that this run never saw
+        {"query": ["lamp", "lamp", "sofa"], "product_id": ["l1", "l2", "s1"], "grade": [2, 0, 1], "rater_1": [2, 0, 1],
+         "rater_2": [2, 1, 1]},
+        schema=human.frame.schema,
+    )
+    wider = HumanLabels(frame=pl.concat([human.frame, elsewhere]), rater_columns=human.rater_columns, source="people")
+    result = run_small(str(tmp_path), human=wider)
+    system = result.agreement.system.row(0, named=True)
+    assert system["n_queries"] == small_log()["query"].n_unique() == 3
+    written = pl.read_parquet(tmp_path / "agreement" / "system.parquet")
+    assert written["n_queries"].to_list() == [3]
 
 
 def test_review_queue_priority(small_result):
