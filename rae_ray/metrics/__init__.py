@@ -1,8 +1,10 @@
 """Ranking metrics, ranker comparisons and grader agreement (pure Python / numpy / polars, no Ray)."""
 
 from rae_ray.metrics.agreement import agreement, hard_disagreements, kendall_tau, rater_agreement
-from rae_ray.metrics.compare import compare_rankers, holm, paired_bootstrap_ci, randomization_test
+from rae_ray.metrics.compare import compare_rankers, holm, randomization_test
 from rae_ray.metrics.evaluate import (
+    bootstrap_ci,
+    bootstrap_intervals,
     query_metrics,
     ranker_metrics,
     segment_metrics,
@@ -16,6 +18,8 @@ __all__ = [
     "MEASURES",
     "Measure",
     "agreement",
+    "bootstrap_ci",
+    "bootstrap_intervals",
     "compare_rankers",
     "dcg",
     "hard_disagreements",
@@ -23,7 +27,6 @@ __all__ = [
     "kendall_tau",
     "mean_grade",
     "ndcg",
-    "paired_bootstrap_ci",
     "precision",
     "query_metrics",
     "randomization_test",

@@ -1,4 +1,5 @@
-"""Paired comparisons of rankers over the queries they share: bootstrap intervals, randomization tests, Holm."""
+"""Paired comparisons of rankers over the queries they share: bootstrap intervals (`evaluate.bootstrap_intervals`),
+randomization tests, Holm."""
 
 from __future__ import annotations
 
@@ -9,16 +10,14 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from rae_ray.metrics.evaluate import make_rng, require_columns
+from rae_ray.metrics.evaluate import bootstrap_intervals, make_rng, require_columns
 
 __all__ = [
     "COMPARISONS_SCHEMA",
     "adjust_p_values",
     "bonferroni",
-    "bootstrap_intervals",
     "compare_rankers",
     "holm",
-    "paired_bootstrap_ci",
     "randomization_p_values",
     "randomization_test",
 ]
@@ -128,52 +127,6 @@ def randomization_test(diffs, n_permutations: int = 10000, rng: np.random.Genera
     """
     d = np.asarray(diffs, dtype=np.float64).reshape(-1)
     return float(randomization_p_values(d[:, None], n_permutations, rng)[0])
-
-
-def bootstrap_intervals(
-    values,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    rng: np.random.Generator | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap intervals of the mean of every column of an (n x m) matrix, resampling rows.
-
-    The columns share the resampled rows (a paired bootstrap across columns); means come from resample counts
-    times the matrix. NaN bounds for no rows or n_bootstrap = 0.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 2:
-        raise ValueError(f"values must be an (n, m) matrix, got shape {v.shape}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-    n, m = v.shape
-    if n == 0 or n_bootstrap == 0:
-        return np.full(m, np.nan), np.full(m, np.nan)
-    rng = np.random.default_rng() if rng is None else rng
-    means = np.empty((n_bootstrap, m))
-    rows = max(1, _SIGN_CHUNK // n)
-    for start in range(0, n_bootstrap, rows):
-        size = min(rows, n_bootstrap - start)
-        picks = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
-        counts = np.bincount(picks.reshape(-1), minlength=size * n).reshape(size, n).astype(np.float64)
-        means[start : start + size] = counts @ v / n
-    alpha = 1.0 - confidence
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)
-    return low, high
-
-
-def paired_bootstrap_ci(
-    diffs,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    rng: np.random.Generator | None = None,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(a - b), resampling queries (the pairs stay together)."""
-    d = np.asarray(diffs, dtype=np.float64).reshape(-1)
-    low, high = bootstrap_intervals(d[:, None], n_bootstrap, confidence, rng)
-    return float(low[0]), float(high[0])
 
 
 def compare_rankers(

@@ -8,14 +8,12 @@ from scipy import stats
 from rae_ray.metrics.compare import (
     COMPARISONS_SCHEMA,
     bonferroni,
-    bootstrap_intervals,
     compare_rankers,
     holm,
-    paired_bootstrap_ci,
     randomization_p_values,
     randomization_test,
 )
-from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA
+from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA, bootstrap_ci, bootstrap_intervals
 
 
 def scipy_p_value(a, b, n_resamples, seed):
@@ -71,8 +69,8 @@ def test_randomization_monte_carlo_matches_scipy(shift):
 
 
 def test_paired_bootstrap_ci_covers_the_mean():
-    diffs = np.random.default_rng(0).normal(0.1, 0.2, size=200)
-    low, high = paired_bootstrap_ci(diffs, n_bootstrap=2000, confidence=0.95, rng=np.random.default_rng(1))
+    diffs = np.random.default_rng(0).normal(0.1, 0.2, size=200)  # paired: the bootstrap of the per-query differences
+    low, high = bootstrap_ci(diffs, n_bootstrap=2000, confidence=0.95, rng=np.random.default_rng(1))
     half_width = 1.96 * diffs.std() / np.sqrt(diffs.size)
     assert low == pytest.approx(diffs.mean() - half_width, abs=0.01)
     assert high == pytest.approx(diffs.mean() + half_width, abs=0.01)
@@ -143,7 +141,7 @@ def test_matrix_tests_equal_column_by_column(n):
         assert p[j] == randomization_test(diffs[:, j], n_permutations=2000, rng=np.random.default_rng(7))
     low, high = bootstrap_intervals(diffs, n_bootstrap=300, rng=np.random.default_rng(3))
     for j in range(3):
-        alone = paired_bootstrap_ci(diffs[:, j], n_bootstrap=300, rng=np.random.default_rng(3))
+        alone = bootstrap_ci(diffs[:, j], n_bootstrap=300, rng=np.random.default_rng(3))
         assert (low[j], high[j]) == pytest.approx(alone, rel=1e-12)  # same resamples; BLAS may sum in another order
 
 
