@@ -16,11 +16,11 @@ import polars as pl
 
 from rae_ray.evaluation import EvaluationResult
 from rae_ray.io import RunLayout, Storage
+from rae_ray.metrics.compare import ALPHA
 from rae_ray.metrics.measures import MEASURES
 
 __all__ = ["render_report", "write_report"]
 
-ALPHA = 0.05
 MAX_HARD = 25  # hard disagreements listed in the report
 MAX_PRODUCTS = 3  # products listed per query in the report; the parquet files hold all
 METRIC_NAMES = {
@@ -215,7 +215,7 @@ def forest_chart(rows: list[dict], title: str) -> str:
     out.append(f'<text x="{label_w + plot_w + 12}" y="16" font-size="11" fill="#5b6475">Δ [95% CI]   p adj.</text>')
     for i, row in enumerate(rows):
         cy = top + row_h * i + row_h / 2
-        significant = not _missing(row["p_adjusted"]) and row["p_adjusted"] < ALPHA
+        significant = row["significant"]
         color = "#1f5fbf" if significant else "#8a93a3"
         if i % 2 == 0:
             out.append(f'<rect x="0" y="{cy - row_h / 2:.1f}" width="{width}" height="{row_h}" fill="#f8f9fb"/>')
@@ -372,8 +372,7 @@ def section_comparisons(result: EvaluationResult) -> str:
     shown.sort(key=lambda r: (list(MEASURES).index(r["metric"]) if r["metric"] in MEASURES else 99, -abs(r["delta"])))
 
     def cells(r: dict) -> list[str]:
-        significant = not _missing(r["p_adjusted"]) and r["p_adjusted"] < ALPHA
-        mark = '<span class="sig">yes</span>' if significant else '<span class="ns">no</span>'
+        mark = '<span class="sig">yes</span>' if r["significant"] else '<span class="ns">no</span>'
         return [esc(r["ranker_a"]), esc(r["ranker_b"]), esc(metric_label(r["metric"], r["k"])),
                 f'<span class="{"neg" if _worse(r) else ""}">{signed(r["delta"])}</span>',
                 f'[{signed(r["ci_low"], 3)}, {signed(r["ci_high"], 3)}]', p_text(r["p_value"]), p_text(r["p_adjusted"]),

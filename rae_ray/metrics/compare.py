@@ -13,6 +13,7 @@ import polars as pl
 from rae_ray.metrics.evaluate import bootstrap_intervals, make_rng, require_columns
 
 __all__ = [
+    "ALPHA",
     "COMPARISONS_SCHEMA",
     "adjust_p_values",
     "bonferroni",
@@ -36,8 +37,10 @@ COMPARISONS_SCHEMA = {
     "ties": pl.Int64,
     "losses": pl.Int64,
     "n_queries": pl.Int64,
+    "significant": pl.Boolean,
 }
 
+ALPHA = 0.05  # significance level of the `significant` column (on the adjusted p-value)
 TIE_TOLERANCE = 1e-12
 _SIGN_CHUNK = 1 << 22  # sign entries held in memory at once
 
@@ -138,13 +141,15 @@ def compare_rankers(
     adjust: Literal["holm", "bonferroni", "none"] = "holm",
     confidence: float = 0.95,
     family: Literal["table", "metric"] = "table",
+    alpha: float = ALPHA,
 ) -> pl.DataFrame:
     """Paired comparison of rankers per (metric, k) on the queries both have: delta = mean of a - b.
 
     Pairs: with a baseline, every other ranker (by name) as ranker_a against the baseline as ranker_b; without,
     every unordered pair with ranker_a < ranker_b by name. wins/ties/losses count queries with a > b, |a - b| <=
     1e-12, a < b (literal values: for share_irrelevant a "win" is worse). p_value from `randomization_test`,
-    p_adjusted over every row of the table (family="table") or within each (metric, k) (family="metric").
+    p_adjusted over every row of the table (family="table") or within each (metric, k) (family="metric");
+    `significant` is p_adjusted < alpha, decided here once so every reader (the report too) shows the same.
     The rows of one ranker pair that cover the same queries share their bootstrap resamples and sign patterns,
     drawn from Generators seeded by (seed, ranker_a, ranker_b, the query set), so a row's figures do not depend
     on which other rows are in the table, and many metrics cost about as much as one. Pairs without a common
@@ -153,6 +158,8 @@ def compare_rankers(
     require_columns(query_metrics, "query_metrics", ("ranker", "query", "metric", "k", "value"))
     if family not in ("table", "metric"):
         raise ValueError(f"family must be 'table' or 'metric', got {family!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     adjust_p_values([], adjust)  # validate early
     duplicated = query_metrics.select("ranker", "query", "metric", "k").is_duplicated()
     if duplicated.any():
@@ -221,9 +228,8 @@ def compare_rankers(
             })
     order = {pair: i for i, pair in enumerate(pairs)}
     results.sort(key=lambda row: (row["metric"], row["k"], order[(row["ranker_a"], row["ranker_b"])]))
-    out = {name: [row[name] for row in results] for name in COMPARISONS_SCHEMA if name != "p_adjusted"}
-
-    table = pl.DataFrame(out, schema={n: t for n, t in COMPARISONS_SCHEMA.items() if n != "p_adjusted"})
+    computed = {n: t for n, t in COMPARISONS_SCHEMA.items() if n not in ("p_adjusted", "significant")}
+    table = pl.DataFrame({name: [row[name] for row in results] for name in computed}, schema=computed)
     p = table["p_value"].to_numpy()
     if family == "table":
         adjusted = adjust_p_values(p, adjust)
@@ -233,4 +239,8 @@ def compare_rankers(
         for key in set(family_keys):
             mask = np.array([family_key == key for family_key in family_keys])
             adjusted[mask] = adjust_p_values(p[mask], adjust)
-    return table.with_columns(pl.Series("p_adjusted", adjusted, dtype=pl.Float64)).select(list(COMPARISONS_SCHEMA))
+    return (
+        table.with_columns(pl.Series("p_adjusted", adjusted, dtype=pl.Float64))
+        .with_columns((pl.col("p_adjusted").fill_nan(None) < alpha).fill_null(False).alias("significant"))
+        .select(list(COMPARISONS_SCHEMA))
+    )

@@ -32,7 +32,7 @@ def test_files_and_comparisons(small_result):
         assert Path(small_result.files[name]) == Path(small_result.root, name) and Path(small_result.root, name).exists()
     comparisons = pl.read_parquet(small_result.files["metrics/comparisons.parquet"])
     assert comparisons.columns == ["ranker_a", "ranker_b", "metric", "k", "delta", "ci_low", "ci_high", "p_value",
-                                   "p_adjusted", "wins", "ties", "losses", "n_queries"]
+                                   "p_adjusted", "wins", "ties", "losses", "n_queries", "significant"]
     ndcg = comparisons.filter(metric="ndcg").row(0, named=True)
     assert (ndcg["ranker_a"], ndcg["ranker_b"]) == ("new", "old")  # baseline on the right
     old_red = 1.0  # p1 (2), p2 (1), p3 (0) is the ideal order of the pool {2, 1, 0, 0}

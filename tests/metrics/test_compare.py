@@ -115,6 +115,19 @@ def test_compare_rankers_baseline_and_adjust():
         compare_rankers(small_query_metrics(), adjust="fdr")
 
 
+def test_significant_is_decided_on_the_adjusted_p_value():
+    table = compare_rankers(small_query_metrics(), n_bootstrap=0, n_permutations=1000)
+    assert table["significant"].to_list() == [p < 0.05 for p in table["p_adjusted"].to_list()]
+    # alpha between the smallest and the largest p (no adjustment): some rows are significant, some not
+    table = compare_rankers(small_query_metrics(), n_bootstrap=0, n_permutations=1000, adjust="none")
+    alpha = float(np.mean([table["p_adjusted"].min(), table["p_adjusted"].max()]))
+    split = compare_rankers(small_query_metrics(), n_bootstrap=0, n_permutations=1000, adjust="none", alpha=alpha)
+    assert split["significant"].to_list() == [p < alpha for p in split["p_adjusted"].to_list()]
+    assert 0 < split["significant"].sum() < split.height
+    with pytest.raises(ValueError, match="alpha"):
+        compare_rankers(small_query_metrics(), alpha=1.5)
+
+
 def test_chorus_rankers_ordered_and_significant(chorus_query_metrics):
     table = compare_rankers(chorus_query_metrics)
     assert table.height == 3 * 5 * 2  # pairs x metrics x ks, Holm over all of them
@@ -127,7 +140,7 @@ def test_chorus_rankers_ordered_and_significant(chorus_query_metrics):
     assert ndcg10[("bm25-v1", "tuned-v2")]["delta"] < 0  # tuned > bm25
     assert ndcg10[("random-v0", "tuned-v2")]["delta"] < 0  # tuned > random
     for row in ndcg10.values():
-        assert row["p_adjusted"] < 0.05
+        assert row["p_adjusted"] < 0.05 and row["significant"]
         assert row["ci_low"] <= row["delta"] <= row["ci_high"] and (row["ci_low"] > 0 or row["ci_high"] < 0)
         assert row["wins"] + row["ties"] + row["losses"] == row["n_queries"] == 135
     assert table.equals(compare_rankers(chorus_query_metrics))  # seeded
