@@ -760,9 +760,8 @@ def _attribution(manifest: dict | None, context: dict | None) -> str:
     return ""
 
 
-def render_report(result: EvaluationResult, manifest: dict | None = None, context: dict | None = None) -> str:
+def render_report(result: EvaluationResult, manifest: dict | None, context: dict | None = None) -> str:
     """The report page as one HTML string."""
-    manifest = manifest if manifest is not None else result.manifest
     names = _grade_names(manifest)
     run_id = (manifest or {}).get("run_id") or result.root.rstrip("/").rsplit("/", 1)[-1]
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -811,5 +810,4 @@ def write_report(
 ) -> str:
     """Render and write OUT/report.html; returns its URI. context: where the inputs came from (offline runs)."""
     storage.write_bytes(layout.report, render_report(result, manifest, context).encode("utf-8"))
-    result.files["report.html"] = layout.report
     return layout.report

@@ -14,7 +14,7 @@ import pytest
 from rae_ray.io import RunLayout, Storage
 from rae_ray.report import write_report
 
-from .conftest import SCRIPT_TITLE, XSS_QUERY
+from .conftest import SCRIPT_TITLE, SMALL_MANIFEST, XSS_QUERY
 
 CHROMIUM = os.environ.get("RAE_RAY_CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -50,7 +50,7 @@ def test_console_check_is_not_vacuous(tmp_path):
 
 
 def test_report_renders_without_console_errors(small_result, tmp_path):
-    write_report(small_result, small_result.manifest, Storage(), RunLayout(small_result.root))
+    write_report(small_result, SMALL_MANIFEST, Storage(), RunLayout(small_result.root))
     page = Path(small_result.root) / "report.html"
     screenshot = tmp_path / "report.png"
     dom, console = open_in_chromium(page, tmp_path, screenshot)
