@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from rae_ray.metrics.evaluate import ranker_order
+
 COLUMNS = (("ndcg", "nDCG"), ("precision", "P"), ("share_irrelevant", "irrelevant"), ("mean_grade", "mean grade"))
 
 
@@ -18,7 +20,7 @@ def ranker_table(rankers: pl.DataFrame, k: int) -> str:
     wide = {}
     for row in at_k.iter_rows(named=True):
         wide.setdefault(row["ranker"], {"n": row["n_queries"]})[row["metric"]] = row
-    order = sorted(wide, key=lambda r: -(wide[r].get("ndcg", {}).get("value") or 0.0))
+    order = ranker_order(at_k, k)
     headers = ["ranker", f"nDCG@{k} [95% CI]", f"P@{k}", f"irrelevant@{k}", f"mean grade@{k}", "queries"]
     lines = []
     for ranker in order:

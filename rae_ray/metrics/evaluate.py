@@ -19,6 +19,7 @@ __all__ = [
     "bootstrap_intervals",
     "query_metrics",
     "ranker_metrics",
+    "ranker_order",
     "segment_metrics",
     "traffic_segments",
     "worst_queries",
@@ -249,6 +250,16 @@ def ranker_metrics(
         out["ci_high"].append(None if math.isnan(high) else high)
         out["n_queries"].append(values.size)
     return pl.DataFrame(out, schema=RANKER_METRICS_SCHEMA)
+
+
+def ranker_order(rankers: pl.DataFrame, k: int, metric: str = "ndcg") -> list[str]:
+    """Ranker names of a `ranker_metrics` table, best metric@k first (ties by name); rankers without it last, by
+    name. The one order of the printed table and the report."""
+    require_columns(rankers, "rankers", ("ranker", "metric", "k", "value"))
+    best_first = MEASURES[metric].higher_is_better if metric in MEASURES else True
+    at_k = rankers.filter((pl.col("metric") == metric) & (pl.col("k") == k))
+    ordered = at_k.sort(["value", "ranker"], descending=[best_first, False])["ranker"].to_list()
+    return ordered + sorted(set(rankers["ranker"].to_list()) - set(ordered))
 
 
 def segment_metrics(query_metrics: pl.DataFrame, segments: pl.DataFrame) -> pl.DataFrame:

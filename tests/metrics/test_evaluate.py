@@ -11,6 +11,7 @@ from rae_ray.metrics.evaluate import (
     QUERY_METRICS_SCHEMA,
     query_metrics,
     ranker_metrics,
+    ranker_order,
     segment_metrics,
     traffic_segments,
     worst_queries,
@@ -214,3 +215,12 @@ def test_worst_queries(chorus_query_metrics):
         rows = best_is_low.filter(pl.col("ranker") == ranker).sort("position")
         assert rows["value"][0] == ndcg10.filter(pl.col("ranker") == ranker)["value"].min()
         assert rows["value"].is_sorted()
+
+
+def test_ranker_order_best_first():
+    rows = [("b", "ndcg", 0.7), ("a", "ndcg", 0.7), ("c", "ndcg", 0.9), ("d", "precision", 0.5),
+            ("a", "share_irrelevant", 0.4), ("c", "share_irrelevant", 0.1), ("b", "share_irrelevant", 0.2)]  # fmt: skip
+    table = pl.DataFrame([(r, m, 10, v) for r, m, v in rows], schema=["ranker", "metric", "k", "value"], orient="row")
+    assert ranker_order(table, 10) == ["c", "a", "b", "d"]  # ties by name; no nDCG@10: last
+    assert ranker_order(table, 10, "share_irrelevant") == ["c", "b", "a", "d"]  # lower is better
+    assert ranker_order(table, 5) == ["a", "b", "c", "d"]  # nothing at k: by name
