@@ -17,6 +17,7 @@ import polars as pl
 
 from rae_ray.evaluation.agreement import AgreementTables
 from rae_ray.evaluation.sources import LABEL_SCHEMA, conform, conform_labels
+from rae_ray.metrics.agreement import hard_disagreements
 
 __all__ = ["REVIEW_REASONS", "REVIEW_SCHEMA", "review_queue"]
 
@@ -29,17 +30,19 @@ REVIEW_REASONS = {"hard_disagreement": 1, "disagreement": 2, "stage_error": 3, "
 
 
 def _disagreements(agreement: AgreementTables) -> pl.DataFrame:
-    matched = agreement.matched.filter(pl.col("judge_grade").is_not_null() & pl.col("human_grade").is_not_null())
+    """Pairs where judge and human differ by a grade or more, with how many individual raters differ too."""
+    matched = agreement.matched
     raters = [c for c in matched.columns if c not in (*LABEL_SCHEMA, "judge_grade", "human_grade", "title")]
     disagreeing_raters = pl.sum_horizontal(
         [(pl.col(c).is_not_null() & (pl.col(c) != pl.col("judge_grade"))).cast(pl.Int64) for c in raters]
     ) if raters else pl.lit(0)
-    distance = (pl.col("judge_grade") - pl.col("human_grade")).abs()
-    return matched.filter(distance >= 1).with_columns(
-        pl.when(distance >= 2).then(pl.lit("hard_disagreement")).otherwise(pl.lit("disagreement")).alias("review_reason"),
-        distance.alias("_distance"), disagreeing_raters.alias("_raters"),
+    apart = hard_disagreements(matched, "judge_grade", "human_grade", min_distance=1)
+    return apart.with_columns(
+        pl.when(pl.col("distance") >= 2).then(pl.lit("hard_disagreement")).otherwise(pl.lit("disagreement"))
+        .alias("review_reason"),
+        pl.col("distance").cast(pl.Int64).alias("_distance"), disagreeing_raters.alias("_raters"),
         pl.col("human_grade").alias("known_human_grade"),
-    )
+    ).drop("distance")
 
 
 def review_queue(
