@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -16,6 +16,7 @@ __all__ = [
     "RANKER_METRICS_SCHEMA",
     "SEGMENT_METRICS_SCHEMA",
     "bootstrap_ci",
+    "bootstrap_counts",
     "bootstrap_intervals",
     "query_metrics",
     "ranker_metrics",
@@ -174,6 +175,19 @@ def _contiguous_groups(df: pl.DataFrame, by: list[str]) -> tuple[pl.DataFrame, n
     return df.select(by)[starts.tolist()], np.append(starts, df.height).astype(np.int64)
 
 
+def bootstrap_counts(
+    n: int, n_bootstrap: int, rng: np.random.Generator, chunk: int = _BOOTSTRAP_CHUNK
+) -> Iterator[np.ndarray]:
+    """The bootstrap's resamples of n rows (drawn with replacement) as counts: (resamples x n) float matrices of
+    how often each row was drawn, about `chunk` entries at a time. A resample's statistic is counts @ per-row
+    values (a sum), so one draw serves many columns and any statistic built from sums."""
+    rows = max(1, chunk // n)
+    for start in range(0, n_bootstrap, rows):
+        size = min(rows, n_bootstrap - start)
+        picks = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
+        yield np.bincount(picks.reshape(-1), minlength=size * n).reshape(size, n).astype(np.float64)
+
+
 def bootstrap_intervals(
     values,
     n_bootstrap: int = 1000,
@@ -184,7 +198,8 @@ def bootstrap_intervals(
 
     The one bootstrap of the package: rankers' intervals (one column) and paired comparisons (a column of
     per-query differences per metric) both use it. The columns share the resampled rows (a paired bootstrap
-    across columns); means come from resample counts times the matrix. NaN bounds for no rows or n_bootstrap = 0.
+    across columns); means come from `bootstrap_counts` times the matrix. NaN bounds for no rows or
+    n_bootstrap = 0.
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2:
@@ -197,13 +212,7 @@ def bootstrap_intervals(
     if n == 0 or n_bootstrap == 0:
         return np.full(m, np.nan), np.full(m, np.nan)
     rng = np.random.default_rng() if rng is None else rng
-    means = np.empty((n_bootstrap, m))
-    rows = max(1, _BOOTSTRAP_CHUNK // n)
-    for start in range(0, n_bootstrap, rows):
-        size = min(rows, n_bootstrap - start)
-        picks = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
-        counts = np.bincount(picks.reshape(-1), minlength=size * n).reshape(size, n).astype(np.float64)
-        means[start : start + size] = counts @ v / n
+    means = np.concatenate([counts @ v / n for counts in bootstrap_counts(n, n_bootstrap, rng)])
     alpha = 1.0 - confidence
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)
     return low, high

@@ -26,8 +26,9 @@ __all__ = ["page_view"]
 
 def metric_label(metric: str, k: int | None = None) -> str:
     """"nDCG@10": a measure's display name (the metric's own name when it is not a known measure)."""
-    name = MEASURES[metric].label if metric in MEASURES else metric
-    return f"{name}@{k}" if k is not None else name
+    if metric in MEASURES:
+        return MEASURES[metric].at(k) if k is not None else MEASURES[metric].label
+    return f"{metric}@{k}" if k is not None else metric
 
 
 def _higher_is_better(metric: str) -> bool:
