@@ -134,8 +134,9 @@ def cmd_sim(argv: list[str]) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from rae_ray.config import HumanLabelsConfig
-    from rae_ray.offline import agreement_lines, comparison_lines, parse_grade_map, run_metrics
-    from rae_ray.table import ranker_table
+    from rae_ray.label_files import parse_grade_map
+    from rae_ray.offline import run_metrics
+    from rae_ray.table import agreement_lines, comparison_lines, ranker_table
 
     try:
         ks = [int(k) for k in args.ks.split(",")]

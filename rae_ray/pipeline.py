@@ -29,10 +29,12 @@ from rae_ray.labelstore import LabelStore, add_label_keys, publish_shard
 from rae_ray.llm.client import FatalEndpointError, LLMClient
 from rae_ray.llm.prompts import CAPTION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION, annotation_prompt_version
 from rae_ray.manifest import build_manifest, usage_totals
-from rae_ray.evaluation import LABEL_SCHEMA, QRELS, RUN, RUN_SCHEMA, load_human_labels, locale_segments, qrels_lines
+from rae_ray.evaluation import LABEL_SCHEMA, QRELS, RUN, RUN_SCHEMA, locale_segments
 from rae_ray.evaluation import evaluate as evaluate_run
+from rae_ray.label_files import load_human_labels
 from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA, query_metrics
-from rae_ray.metrics.trec import run_text
+from rae_ray.metrics.trec import qrels_lines, run_text
+from rae_ray.outputs import write_evaluation
 from rae_ray.report import write_report
 from rae_ray.sampling import sample_queries
 from rae_ray.llm.ratelimit import budget_actor_class
@@ -776,11 +778,12 @@ def evaluate(job: Job, inputs: Inputs, checked, selected, pairs, labels, segment
             ["query", "locale"], num_partitions=job.parts).count())
         segments = pl.concat([s for s in (segments, locale_segments(locales)) if s is not None])
     human = load_human_labels(config.input.human_labels, job.storage) if config.input.human_labels else None
-    return evaluate_run(
-        query_metrics=by_query, source=RayEvaluationSource(selected, labels, pairs, job.parts), config=config.metrics,
-        storage=job.storage, layout=job.layout, segments=segments, human=human,
+    source = RayEvaluationSource(selected, labels, pairs, job.parts)
+    result = evaluate_run(
+        query_metrics=by_query, source=source, config=config.metrics, segments=segments, human=human,
         grades=[g.grade for g in config.scale.grades],
     )
+    return write_evaluation(result, source, job.storage, job.layout)
 
 
 def prepare_run_folder(job: Job) -> None:

@@ -1,10 +1,13 @@
 """Ranking metrics, ranker comparisons and grader agreement (pure Python / numpy / polars, no Ray)."""
 
 from rae_ray.metrics.agreement import agreement, hard_disagreements, kendall_tau, rater_agreement
-from rae_ray.metrics.compare import compare_rankers, holm, paired_bootstrap_ci, randomization_test
+from rae_ray.metrics.compare import compare_rankers, holm, randomization_test
 from rae_ray.metrics.evaluate import (
+    bootstrap_ci,
+    bootstrap_intervals,
     query_metrics,
     ranker_metrics,
+    ranker_order,
     segment_metrics,
     traffic_segments,
     worst_queries,
@@ -16,6 +19,8 @@ __all__ = [
     "MEASURES",
     "Measure",
     "agreement",
+    "bootstrap_ci",
+    "bootstrap_intervals",
     "compare_rankers",
     "dcg",
     "hard_disagreements",
@@ -23,11 +28,11 @@ __all__ = [
     "kendall_tau",
     "mean_grade",
     "ndcg",
-    "paired_bootstrap_ci",
     "precision",
     "query_metrics",
     "randomization_test",
     "ranker_metrics",
+    "ranker_order",
     "rater_agreement",
     "segment_metrics",
     "share_irrelevant",

@@ -1,4 +1,5 @@
-"""Paired comparisons of rankers over the queries they share: bootstrap intervals, randomization tests, Holm."""
+"""Paired comparisons of rankers over the queries they share: bootstrap intervals (`evaluate.bootstrap_intervals`),
+randomization tests, Holm."""
 
 from __future__ import annotations
 
@@ -9,16 +10,15 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from rae_ray.metrics.evaluate import make_rng, require_columns
+from rae_ray.metrics.evaluate import bootstrap_intervals, make_rng, require_columns
 
 __all__ = [
+    "ALPHA",
     "COMPARISONS_SCHEMA",
     "adjust_p_values",
     "bonferroni",
-    "bootstrap_intervals",
     "compare_rankers",
     "holm",
-    "paired_bootstrap_ci",
     "randomization_p_values",
     "randomization_test",
 ]
@@ -37,8 +37,10 @@ COMPARISONS_SCHEMA = {
     "ties": pl.Int64,
     "losses": pl.Int64,
     "n_queries": pl.Int64,
+    "significant": pl.Boolean,
 }
 
+ALPHA = 0.05  # significance level of the `significant` column (on the adjusted p-value)
 TIE_TOLERANCE = 1e-12
 _SIGN_CHUNK = 1 << 22  # sign entries held in memory at once
 
@@ -89,6 +91,9 @@ def randomization_p_values(
     if d.ndim != 2:
         raise ValueError(f"diffs must be an (n, m) matrix, got shape {d.shape}")
     n, m = d.shape
+    missing = np.flatnonzero(np.isnan(d).any(axis=0))
+    if missing.size:
+        raise ValueError(f"diffs has NaN in column(s) {missing.tolist()}: a difference without a value cannot be tested")
     if n == 0:
         return np.full(m, np.nan)
     if n_permutations < 1:
@@ -120,56 +125,11 @@ def randomization_test(diffs, n_permutations: int = 10000, rng: np.random.Genera
 
     p = share of sign patterns whose |mean| is at least the observed |mean|. All 2**n patterns are enumerated
     when 2**n <= n_permutations (exact, as scipy.stats.permutation_test does); otherwise n_permutations random
-    patterns give p = (count + 1) / (n_permutations + 1). NaN for no differences; 1.0 when all are 0.
+    patterns give p = (count + 1) / (n_permutations + 1). NaN for no differences; 1.0 when all are 0; a NaN
+    difference is a ValueError.
     """
     d = np.asarray(diffs, dtype=np.float64).reshape(-1)
     return float(randomization_p_values(d[:, None], n_permutations, rng)[0])
-
-
-def bootstrap_intervals(
-    values,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    rng: np.random.Generator | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap intervals of the mean of every column of an (n x m) matrix, resampling rows.
-
-    The columns share the resampled rows (a paired bootstrap across columns); means come from resample counts
-    times the matrix. NaN bounds for no rows or n_bootstrap = 0.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 2:
-        raise ValueError(f"values must be an (n, m) matrix, got shape {v.shape}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-    n, m = v.shape
-    if n == 0 or n_bootstrap == 0:
-        return np.full(m, np.nan), np.full(m, np.nan)
-    rng = np.random.default_rng() if rng is None else rng
-    means = np.empty((n_bootstrap, m))
-    rows = max(1, _SIGN_CHUNK // n)
-    for start in range(0, n_bootstrap, rows):
-        size = min(rows, n_bootstrap - start)
-        picks = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
-        counts = np.bincount(picks.reshape(-1), minlength=size * n).reshape(size, n).astype(np.float64)
-        means[start : start + size] = counts @ v / n
-    alpha = 1.0 - confidence
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)
-    return low, high
-
-
-def paired_bootstrap_ci(
-    diffs,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    rng: np.random.Generator | None = None,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(a - b), resampling queries (the pairs stay together)."""
-    d = np.asarray(diffs, dtype=np.float64).reshape(-1)
-    low, high = bootstrap_intervals(d[:, None], n_bootstrap, confidence, rng)
-    return float(low[0]), float(high[0])
 
 
 def compare_rankers(
@@ -181,13 +141,15 @@ def compare_rankers(
     adjust: Literal["holm", "bonferroni", "none"] = "holm",
     confidence: float = 0.95,
     family: Literal["table", "metric"] = "table",
+    alpha: float = ALPHA,
 ) -> pl.DataFrame:
     """Paired comparison of rankers per (metric, k) on the queries both have: delta = mean of a - b.
 
     Pairs: with a baseline, every other ranker (by name) as ranker_a against the baseline as ranker_b; without,
     every unordered pair with ranker_a < ranker_b by name. wins/ties/losses count queries with a > b, |a - b| <=
     1e-12, a < b (literal values: for share_irrelevant a "win" is worse). p_value from `randomization_test`,
-    p_adjusted over every row of the table (family="table") or within each (metric, k) (family="metric").
+    p_adjusted over every row of the table (family="table") or within each (metric, k) (family="metric");
+    `significant` is p_adjusted < alpha, decided here once so every reader (the report too) shows the same.
     The rows of one ranker pair that cover the same queries share their bootstrap resamples and sign patterns,
     drawn from Generators seeded by (seed, ranker_a, ranker_b, the query set), so a row's figures do not depend
     on which other rows are in the table, and many metrics cost about as much as one. Pairs without a common
@@ -196,6 +158,8 @@ def compare_rankers(
     require_columns(query_metrics, "query_metrics", ("ranker", "query", "metric", "k", "value"))
     if family not in ("table", "metric"):
         raise ValueError(f"family must be 'table' or 'metric', got {family!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     adjust_p_values([], adjust)  # validate early
     duplicated = query_metrics.select("ranker", "query", "metric", "k").is_duplicated()
     if duplicated.any():
@@ -264,9 +228,8 @@ def compare_rankers(
             })
     order = {pair: i for i, pair in enumerate(pairs)}
     results.sort(key=lambda row: (row["metric"], row["k"], order[(row["ranker_a"], row["ranker_b"])]))
-    out = {name: [row[name] for row in results] for name in COMPARISONS_SCHEMA if name != "p_adjusted"}
-
-    table = pl.DataFrame(out, schema={n: t for n, t in COMPARISONS_SCHEMA.items() if n != "p_adjusted"})
+    computed = {n: t for n, t in COMPARISONS_SCHEMA.items() if n not in ("p_adjusted", "significant")}
+    table = pl.DataFrame({name: [row[name] for row in results] for name in computed}, schema=computed)
     p = table["p_value"].to_numpy()
     if family == "table":
         adjusted = adjust_p_values(p, adjust)
@@ -276,4 +239,8 @@ def compare_rankers(
         for key in set(family_keys):
             mask = np.array([family_key == key for family_key in family_keys])
             adjusted[mask] = adjust_p_values(p[mask], adjust)
-    return table.with_columns(pl.Series("p_adjusted", adjusted, dtype=pl.Float64)).select(list(COMPARISONS_SCHEMA))
+    return (
+        table.with_columns(pl.Series("p_adjusted", adjusted, dtype=pl.Float64))
+        .with_columns((pl.col("p_adjusted").fill_nan(None) < alpha).fill_null(False).alias("significant"))
+        .select(list(COMPARISONS_SCHEMA))
+    )

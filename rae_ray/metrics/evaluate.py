@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -16,8 +16,11 @@ __all__ = [
     "RANKER_METRICS_SCHEMA",
     "SEGMENT_METRICS_SCHEMA",
     "bootstrap_ci",
+    "bootstrap_counts",
+    "bootstrap_intervals",
     "query_metrics",
     "ranker_metrics",
+    "ranker_order",
     "segment_metrics",
     "traffic_segments",
     "worst_queries",
@@ -49,7 +52,7 @@ SEGMENT_METRICS_SCHEMA = {
     "n_queries": pl.Int64,
 }
 
-_BOOTSTRAP_CHUNK = 1 << 22  # resampled values held in memory at once
+_BOOTSTRAP_CHUNK = 1 << 22  # resample counts held in memory at once
 
 
 def require_columns(df: pl.DataFrame, name: str, columns: Iterable[str]) -> None:
@@ -172,33 +175,59 @@ def _contiguous_groups(df: pl.DataFrame, by: list[str]) -> tuple[pl.DataFrame, n
     return df.select(by)[starts.tolist()], np.append(starts, df.height).astype(np.int64)
 
 
+def bootstrap_counts(
+    n: int, n_bootstrap: int, rng: np.random.Generator, chunk: int = _BOOTSTRAP_CHUNK
+) -> Iterator[np.ndarray]:
+    """The bootstrap's resamples of n rows (drawn with replacement) as counts: (resamples x n) float matrices of
+    how often each row was drawn, about `chunk` entries at a time. A resample's statistic is counts @ per-row
+    values (a sum), so one draw serves many columns and any statistic built from sums."""
+    rows = max(1, chunk // n)
+    for start in range(0, n_bootstrap, rows):
+        size = min(rows, n_bootstrap - start)
+        picks = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
+        yield np.bincount(picks.reshape(-1), minlength=size * n).reshape(size, n).astype(np.float64)
+
+
+def bootstrap_intervals(
+    values,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap intervals of the mean of every column of an (n x m) matrix, resampling rows.
+
+    The one bootstrap of the package: rankers' intervals (one column) and paired comparisons (a column of
+    per-query differences per metric) both use it. The columns share the resampled rows (a paired bootstrap
+    across columns); means come from `bootstrap_counts` times the matrix. NaN bounds for no rows or
+    n_bootstrap = 0.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"values must be an (n, m) matrix, got shape {v.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    n, m = v.shape
+    if n == 0 or n_bootstrap == 0:
+        return np.full(m, np.nan), np.full(m, np.nan)
+    rng = np.random.default_rng() if rng is None else rng
+    means = np.concatenate([counts @ v / n for counts in bootstrap_counts(n, n_bootstrap, rng)])
+    alpha = 1.0 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)
+    return low, high
+
+
 def bootstrap_ci(
     values,
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     rng: np.random.Generator | None = None,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (resampling with replacement).
-
-    (nan, nan) for no values or n_bootstrap = 0.
-    """
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-    if values.size == 0 or n_bootstrap == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng() if rng is None else rng
-    n = values.size
-    rows = max(1, _BOOTSTRAP_CHUNK // n)
-    means = np.empty(n_bootstrap)
-    for start in range(0, n_bootstrap, rows):
-        stop = min(n_bootstrap, start + rows)
-        means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
-    alpha = 1.0 - confidence
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+    """`bootstrap_intervals` of one vector (e.g. per-query differences of two rankers); (nan, nan) for none."""
+    column = np.asarray(values, dtype=np.float64).reshape(-1, 1)
+    low, high = bootstrap_intervals(column, n_bootstrap, confidence, rng)
+    return float(low[0]), float(high[0])
 
 
 def ranker_metrics(
@@ -230,6 +259,16 @@ def ranker_metrics(
         out["ci_high"].append(None if math.isnan(high) else high)
         out["n_queries"].append(values.size)
     return pl.DataFrame(out, schema=RANKER_METRICS_SCHEMA)
+
+
+def ranker_order(rankers: pl.DataFrame, k: int, metric: str = "ndcg") -> list[str]:
+    """Ranker names of a `ranker_metrics` table, best metric@k first (ties by name); rankers without it last, by
+    name. The one order of the printed table and the report."""
+    require_columns(rankers, "rankers", ("ranker", "metric", "k", "value"))
+    best_first = MEASURES[metric].higher_is_better if metric in MEASURES else True
+    at_k = rankers.filter((pl.col("metric") == metric) & (pl.col("k") == k))
+    ordered = at_k.sort(["value", "ranker"], descending=[best_first, False])["ranker"].to_list()
+    return ordered + sorted(set(rankers["ranker"].to_list()) - set(ordered))
 
 
 def segment_metrics(query_metrics: pl.DataFrame, segments: pl.DataFrame) -> pl.DataFrame:

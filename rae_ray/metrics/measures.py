@@ -87,15 +87,23 @@ def mean_grade(ranked_grades, k: int) -> float:
 
 @dataclass(frozen=True)
 class Measure:
-    """A named metric: `measure(ranked_grades, pool_grades, k, top_grade)` gives one query's score (NaN = undefined)."""
+    """A named metric: `measure(ranked_grades, pool_grades, k, top_grade)` gives one query's score (NaN = undefined).
+
+    `label` is the name people read (tables, the report): "nDCG", "P", ...; `at(k)` adds the cut-off.
+    """
 
     name: str
+    label: str
     description: str
     higher_is_better: bool
     function: Callable[[np.ndarray, np.ndarray, int, int], float]
 
     def __call__(self, ranked_grades, pool_grades, k: int, top_grade: int = 2) -> float:
         return self.function(ranked_grades, pool_grades, k, top_grade)
+
+    def at(self, k: int) -> str:
+        """The display name at a cut-off: "nDCG@10"."""
+        return f"{self.label}@{k}"
 
 
 def _ndcg(ranked, pool, k, top_grade):
@@ -121,10 +129,12 @@ def _mean_grade(ranked, pool, k, top_grade):
 MEASURES: dict[str, Measure] = {
     m.name: m
     for m in (
-        Measure("ndcg", "nDCG@k, gain 2^g-1, log2 discount, ideal from all labelled products", True, _ndcg),
-        Measure("precision", "P@k, relevant = grade >= 1, denominator k", True, _precision),
-        Measure("precision_top", "P@k, relevant = top grade of the scale, denominator k", True, _precision_top),
-        Measure("share_irrelevant", "share of labelled top-k products with grade 0", False, _share_irrelevant),
-        Measure("mean_grade", "mean grade of labelled top-k products", True, _mean_grade),
+        Measure("ndcg", "nDCG", "nDCG@k, gain 2^g-1, log2 discount, ideal from all labelled products", True, _ndcg),
+        Measure("precision", "P", "P@k, relevant = grade >= 1, denominator k", True, _precision),
+        Measure("precision_top", "P(top grade)", "P@k, relevant = top grade of the scale, denominator k", True,
+                _precision_top),
+        Measure("share_irrelevant", "irrelevant", "share of labelled top-k products with grade 0", False,
+                _share_irrelevant),
+        Measure("mean_grade", "mean grade", "mean grade of labelled top-k products", True, _mean_grade),
     )
 }

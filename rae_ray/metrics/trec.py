@@ -10,7 +10,7 @@ import polars as pl
 
 from rae_ray.metrics.evaluate import require_columns
 
-__all__ = ["doc_ids", "qrels_text", "query_id", "query_ids", "run_text", "write_qrels", "write_run"]
+__all__ = ["doc_ids", "qrels_lines", "qrels_text", "query_id", "query_ids", "run_text", "write_qrels", "write_run"]
 
 
 def query_id(query: str) -> str:
@@ -62,6 +62,15 @@ def qrels_text(labels: pl.DataFrame, gains: Mapping[int, int] | None = None) -> 
         pl.format("{} 0 {} {}", "query_id", doc_ids(pl.col("product_id")), "grade")
     )
     return "".join(line + "\n" for line in lines.to_series().to_list()), mapping
+
+
+def qrels_lines(labels: pl.DataFrame) -> str:
+    """qrels lines of the graded pairs of `labels` with relevance 2**g - 1, so trec_eval's nDCG, which uses the
+    relevance as the gain, equals this project's nDCG ("" when no pair is graded)."""
+    graded = labels.filter(pl.col("grade").is_not_null() & (pl.col("grade") >= 0))
+    if graded.is_empty():
+        return ""
+    return qrels_text(graded, {g: 2**g - 1 for g in graded["grade"].unique().to_list()})[0]
 
 
 def write_qrels(

@@ -10,6 +10,7 @@ from rae_ray.config import MetricsConfig
 from rae_ray.evaluation import FrameSource, HumanLabels, evaluate, segments_from_log
 from rae_ray.io import RunLayout, Storage
 from rae_ray.metrics.evaluate import query_metrics
+from rae_ray.outputs import write_evaluation
 
 XSS_QUERY = "<img src=x onerror=alert(2)>"
 SCRIPT_TITLE = "<script>alert(1)</script>"
@@ -79,19 +80,34 @@ SMALL_MANIFEST = {
     "config": {"llm": {"annotate": {"model": "sim-judge"}, "guidelines": {"model": "sim-judge"}}},
 }  # fmt: skip
 
+WRITTEN = [  # every file of the small case but report.html
+    "metrics/rankers.parquet", "metrics/queries.parquet", "metrics/comparisons.parquet", "metrics/segments.parquet",
+    "metrics/worst_queries.parquet", "metrics/regressions.parquet", "agreement/summary.parquet",
+    "agreement/confusion.parquet", "agreement/per_grade.parquet", "agreement/hard_disagreements.parquet",
+    "agreement/rankers.parquet", "agreement/system.parquet", "agreement/coverage.parquet", "review/queue.parquet",
+    "review/queue.csv", "trec/qrels.txt", "trec/old.run", "trec/new.run", "trec/queries.parquet",
+]  # fmt: skip
+
 SMALL_CONFIG = MetricsConfig(ks=[3], bootstrap=200, permutations=1000, baseline="old", worst_n=3)
 
 
-def run_small(root: str, storage: Storage | None = None, human: bool = True, **overrides):
+def evaluate_small(human: bool | HumanLabels = True, **overrides):
+    """(evaluate's result, its source) for the small case; nothing written."""
     log = small_log()
     labels = small_labels()
     by_query = query_metrics(log, labels, ks=[3])
-    return evaluate(
-        query_metrics=by_query, source=FrameSource(log, labels, small_products()),
-        config=overrides.pop("config", SMALL_CONFIG), storage=storage or Storage(), layout=RunLayout(root),
-        segments=segments_from_log(log), human=small_human() if human else None,
-        manifest=overrides.pop("manifest", SMALL_MANIFEST), **overrides,
+    source = FrameSource(log, labels, small_products())
+    result = evaluate(
+        query_metrics=by_query, source=source, config=overrides.pop("config", SMALL_CONFIG),
+        segments=segments_from_log(log), human=small_human() if human is True else (human or None), **overrides,
     )
+    return result, source
+
+
+def run_small(root: str, storage: Storage | None = None, human: bool | HumanLabels = True, **overrides):
+    """The small case evaluated and written under root."""
+    result, source = evaluate_small(human, **overrides)
+    return write_evaluation(result, source, storage or Storage(), RunLayout(root))
 
 
 @pytest.fixture(scope="session")

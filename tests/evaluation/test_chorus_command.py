@@ -23,7 +23,7 @@ def test_comparisons_order_the_rankers_significantly(chorus_run):
     for better, worse in (("tuned-v2", "bm25-v1"), ("bm25-v1", "random-v0"), ("tuned-v2", "random-v0")):
         value, low, high, p_adjusted, row = delta(better, worse)
         assert value > 0 and min(low, high) > 0, (better, worse)
-        assert p_adjusted < 0.05, (better, worse)
+        assert p_adjusted < 0.05 and row["significant"], (better, worse)
         assert row["wins"] + row["ties"] + row["losses"] == row["n_queries"] == 135
     # Holm over the whole table: 3 pairs x 5 metrics x 2 cut-offs
     assert table.height == 30 and (table["p_adjusted"] >= table["p_value"]).all()

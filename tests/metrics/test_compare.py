@@ -8,14 +8,12 @@ from scipy import stats
 from rae_ray.metrics.compare import (
     COMPARISONS_SCHEMA,
     bonferroni,
-    bootstrap_intervals,
     compare_rankers,
     holm,
-    paired_bootstrap_ci,
     randomization_p_values,
     randomization_test,
 )
-from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA
+from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA, bootstrap_ci, bootstrap_intervals
 
 
 def scipy_p_value(a, b, n_resamples, seed):
@@ -71,8 +69,8 @@ def test_randomization_monte_carlo_matches_scipy(shift):
 
 
 def test_paired_bootstrap_ci_covers_the_mean():
-    diffs = np.random.default_rng(0).normal(0.1, 0.2, size=200)
-    low, high = paired_bootstrap_ci(diffs, n_bootstrap=2000, confidence=0.95, rng=np.random.default_rng(1))
+    diffs = np.random.default_rng(0).normal(0.1, 0.2, size=200)  # paired: the bootstrap of the per-query differences
+    low, high = bootstrap_ci(diffs, n_bootstrap=2000, confidence=0.95, rng=np.random.default_rng(1))
     half_width = 1.96 * diffs.std() / np.sqrt(diffs.size)
     assert low == pytest.approx(diffs.mean() - half_width, abs=0.01)
     assert high == pytest.approx(diffs.mean() + half_width, abs=0.01)
@@ -117,6 +115,19 @@ def test_compare_rankers_baseline_and_adjust():
         compare_rankers(small_query_metrics(), adjust="fdr")
 
 
+def test_significant_is_decided_on_the_adjusted_p_value():
+    table = compare_rankers(small_query_metrics(), n_bootstrap=0, n_permutations=1000)
+    assert table["significant"].to_list() == [p < 0.05 for p in table["p_adjusted"].to_list()]
+    # alpha between the smallest and the largest p (no adjustment): some rows are significant, some not
+    table = compare_rankers(small_query_metrics(), n_bootstrap=0, n_permutations=1000, adjust="none")
+    alpha = float(np.mean([table["p_adjusted"].min(), table["p_adjusted"].max()]))
+    split = compare_rankers(small_query_metrics(), n_bootstrap=0, n_permutations=1000, adjust="none", alpha=alpha)
+    assert split["significant"].to_list() == [p < alpha for p in split["p_adjusted"].to_list()]
+    assert 0 < split["significant"].sum() < split.height
+    with pytest.raises(ValueError, match="alpha"):
+        compare_rankers(small_query_metrics(), alpha=1.5)
+
+
 def test_chorus_rankers_ordered_and_significant(chorus_query_metrics):
     table = compare_rankers(chorus_query_metrics)
     assert table.height == 3 * 5 * 2  # pairs x metrics x ks, Holm over all of them
@@ -129,7 +140,7 @@ def test_chorus_rankers_ordered_and_significant(chorus_query_metrics):
     assert ndcg10[("bm25-v1", "tuned-v2")]["delta"] < 0  # tuned > bm25
     assert ndcg10[("random-v0", "tuned-v2")]["delta"] < 0  # tuned > random
     for row in ndcg10.values():
-        assert row["p_adjusted"] < 0.05
+        assert row["p_adjusted"] < 0.05 and row["significant"]
         assert row["ci_low"] <= row["delta"] <= row["ci_high"] and (row["ci_low"] > 0 or row["ci_high"] < 0)
         assert row["wins"] + row["ties"] + row["losses"] == row["n_queries"] == 135
     assert table.equals(compare_rankers(chorus_query_metrics))  # seeded
@@ -143,7 +154,7 @@ def test_matrix_tests_equal_column_by_column(n):
         assert p[j] == randomization_test(diffs[:, j], n_permutations=2000, rng=np.random.default_rng(7))
     low, high = bootstrap_intervals(diffs, n_bootstrap=300, rng=np.random.default_rng(3))
     for j in range(3):
-        alone = paired_bootstrap_ci(diffs[:, j], n_bootstrap=300, rng=np.random.default_rng(3))
+        alone = bootstrap_ci(diffs[:, j], n_bootstrap=300, rng=np.random.default_rng(3))
         assert (low[j], high[j]) == pytest.approx(alone, rel=1e-12)  # same resamples; BLAS may sum in another order
 
 
@@ -158,3 +169,13 @@ def test_a_row_does_not_depend_on_the_other_rows(chorus_query_metrics):
     )
     in_full = full.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10)).select(columns)
     assert_frame_equal(in_full, alone.select(columns), check_exact=False, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def test_randomization_rejects_nan():
+    """A NaN difference has no sign to flip: an error, not p = 0 (it made every |sum| comparison false)."""
+    with pytest.raises(ValueError, match="NaN"):
+        randomization_test([0.1, float("nan"), 0.2], n_permutations=100)
+    with pytest.raises(ValueError, match="NaN"):
+        randomization_test(np.random.default_rng(0).normal(size=80).tolist() + [float("nan")], n_permutations=100)
+    with pytest.raises(ValueError, match=r"column\(s\) \[1\]"):
+        randomization_p_values(np.array([[0.1, 0.2], [0.3, np.nan]]), n_permutations=100)

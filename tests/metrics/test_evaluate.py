@@ -9,8 +9,10 @@ import pytest
 
 from rae_ray.metrics.evaluate import (
     QUERY_METRICS_SCHEMA,
+    bootstrap_counts,
     query_metrics,
     ranker_metrics,
+    ranker_order,
     segment_metrics,
     traffic_segments,
     worst_queries,
@@ -214,3 +216,20 @@ def test_worst_queries(chorus_query_metrics):
         rows = best_is_low.filter(pl.col("ranker") == ranker).sort("position")
         assert rows["value"][0] == ndcg10.filter(pl.col("ranker") == ranker)["value"].min()
         assert rows["value"].is_sorted()
+
+
+def test_ranker_order_best_first():
+    rows = [("b", "ndcg", 0.7), ("a", "ndcg", 0.7), ("c", "ndcg", 0.9), ("d", "precision", 0.5),
+            ("a", "share_irrelevant", 0.4), ("c", "share_irrelevant", 0.1), ("b", "share_irrelevant", 0.2)]  # fmt: skip
+    table = pl.DataFrame([(r, m, 10, v) for r, m, v in rows], schema=["ranker", "metric", "k", "value"], orient="row")
+    assert ranker_order(table, 10) == ["c", "a", "b", "d"]  # ties by name; no nDCG@10: last
+    assert ranker_order(table, 10, "share_irrelevant") == ["c", "b", "a", "d"]  # lower is better
+    assert ranker_order(table, 5) == ["a", "b", "c", "d"]  # nothing at k: by name
+
+
+def test_bootstrap_counts_are_resamples_with_replacement():
+    chunks = list(bootstrap_counts(5, 7, np.random.default_rng(0), chunk=10))  # 10 entries: 2 resamples at a time
+    assert [c.shape for c in chunks] == [(2, 5), (2, 5), (2, 5), (1, 5)]
+    assert (np.vstack(chunks).sum(axis=1) == 5).all()  # each resample draws n rows
+    draws = np.random.default_rng(0).integers(0, 5, size=(2, 5))  # the same generator's first draws
+    assert np.array_equal(chunks[0], np.stack([np.bincount(d, minlength=5) for d in draws]))

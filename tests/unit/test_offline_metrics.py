@@ -5,7 +5,7 @@ import pytest
 
 from rae_ray.cli import main
 from rae_ray.io import InputError
-from rae_ray.offline import parse_grade_map
+from rae_ray.label_files import parse_grade_map
 
 # ../shared/data/chorus/README.md, computed from the human final_rating.
 README_TABLE = {"random-v0": (0.5413, 0.4533), "bm25-v1": (0.7195, 0.5496), "tuned-v2": (0.8476, 0.6030)}
