@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 GUIDELINE_PROMPT_VERSION = "guideline-v2"
-ANNOTATION_PROMPT_VERSION = "annotate-v1"
+ANNOTATION_PROMPT_VERSION = "annotate-v2"  # v2: the reply schema holds the scale (grade and label enums)
 # The ablation without guidelines (llm.guidelines.enabled: false): its own prompt, so its labels are stored apart.
 ANNOTATION_NO_GUIDELINE_PROMPT_VERSION = "annotate-v2-noguideline"
 CAPTION_PROMPT_VERSION = "caption-v1"
