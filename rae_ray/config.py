@@ -129,6 +129,12 @@ class EndpointConfig(_Model):
         description="Send response_format json_schema (strict). false, for servers without it (they answer 400): "
         "no response_format, the schema is written into the system message and replies are parsed tolerantly.",
     )
+    length_limits: bool = Field(
+        default=False,
+        description="Add length limits to the reply schemas (maxLength on free text, maxItems on lists), for servers "
+        "that decode under the schema (llama.cpp, vLLM): a small model that loops in its reasoning then ends the "
+        "reply instead of being cut at max_tokens. OpenAI's strict mode rejects these keywords: leave it off there.",
+    )
     rpm: int | None = Field(default=None, ge=1, description="Requests per minute allowed per model, cluster-wide.")
     tpm: int | None = Field(default=None, ge=1, description="Tokens per minute allowed per model, cluster-wide.")
     max_in_flight: int | None = Field(

@@ -97,10 +97,11 @@ class BatchState:
 
 def request_line(request: BatchRequest, output: type[BaseModel], schema_name: str, model: str | StageModelConfig,
                  temperature: float = 0.0, max_output_tokens: int = 800, json_schema: bool = True,
-                 response_format: dict[str, Any] | None = None) -> str:
+                 response_format: dict[str, Any] | None = None, length_limits: bool = False) -> str:
     """One JSONL line of a batch input file: the body `LLMClient.structured` would send (same arguments)."""
     body = protocol.request_body(request.messages, protocol.model_settings(model, temperature, max_output_tokens),
-                                 response_format or schema_format(output, schema_name), json_schema)
+                                 response_format or schema_format(output, schema_name), json_schema,
+                                 length_limits=length_limits)
     return json.dumps({"custom_id": request.custom_id, "method": "POST", "url": CHAT_COMPLETIONS, "body": body},
                       ensure_ascii=False)
 
@@ -357,7 +358,8 @@ class BatchRunner:
             raise ValueError("custom_ids of a batch must be unique")
         settings = protocol.model_settings(model, temperature, max_output_tokens)
         self.write_parts((r.custom_id, request_line(r, output, schema_name, settings, json_schema=self.endpoint.json_schema,
-                                                    response_format=response_format)) for r in requests)
+                                                    response_format=response_format,
+                                                    length_limits=self.endpoint.length_limits)) for r in requests)
         await self.submit()
         await self.wait(timeout_s, on_poll)
         wanted = set(ids)

@@ -192,7 +192,8 @@ class LLMClient:
         transport_failures = 0
         parse_failures = 0
         while True:
-            body = protocol.request_body(messages, settings, fmt, self.endpoint.json_schema, limit)
+            body = protocol.request_body(messages, settings, fmt, self.endpoint.json_schema, limit,
+                                         self.endpoint.length_limits)
             estimate = estimate_tokens(body["messages"], limit)
             stop = None
             try:

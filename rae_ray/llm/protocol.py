@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rae_ray.config import StageModelConfig
-from rae_ray.llm.schemas import STAGE_OF_SCHEMA
+from rae_ray.llm.schemas import STAGE_OF_SCHEMA, with_length_limits
 
 # error_kind of a failed call (None when it succeeded):
 IMAGE_UNSUPPORTED = "image_unsupported"  # the model takes no images (never retried)
@@ -57,12 +57,16 @@ def with_schema_instruction(messages: Sequence[Mapping[str, Any]], response_form
 
 
 def request_body(messages: Sequence[Mapping[str, Any]], settings: StageModelConfig, response_format: Mapping[str, Any],
-                 json_schema: bool = True, max_output_tokens: int | None = None) -> dict[str, Any]:
+                 json_schema: bool = True, max_output_tokens: int | None = None,
+                 length_limits: bool = False) -> dict[str, Any]:
     """The chat-completions body of one structured call.
 
     A reasoning model gets `max_completion_tokens` (and `reasoning_effort` if set) and no temperature; any other
     model `temperature` and `max_tokens`. Without json_schema support the schema goes into the system message.
+    `length_limits`: the schema bounds free text and lists (`schemas.with_length_limits`).
     """
+    if length_limits:
+        response_format = with_length_limits(response_format)
     limit = max_output_tokens or settings.max_output_tokens
     body: dict[str, Any] = {"model": settings.model}
     if settings.reasoning:

@@ -76,3 +76,30 @@ def judgement_format(grades: Sequence[Mapping[str, Any]]) -> dict:
     schema["properties"]["label"]["enum"] = [str(g["name"]) for g in grades]
     fmt["json_schema"]["schema"] = schema
     return fmt
+
+
+# Length limits for servers that decode under the schema (llama.cpp, vLLM): a small model that loops inside a free
+# text field or a list then ends its reply instead of running into max_tokens (SmolLM2-135M wrote 300 tokens of
+# reasoning and was cut; with the limit it finished in about 100). OpenAI's strict mode rejects these keywords.
+MAX_TEXT_CHARS = 600
+MAX_LIST_ITEMS = 8
+
+
+def with_length_limits(fmt: Mapping[str, Any]) -> dict:
+    """`fmt` with maxLength on every free-text string and maxItems on every list of its JSON schema."""
+
+    def limit(node: Any) -> Any:
+        if isinstance(node, dict):
+            node = {key: limit(value) for key, value in node.items()}
+            if node.get("type") == "string" and "enum" not in node:
+                node.setdefault("maxLength", MAX_TEXT_CHARS)
+            if node.get("type") == "array":
+                node.setdefault("maxItems", MAX_LIST_ITEMS)
+            return node
+        if isinstance(node, list):
+            return [limit(item) for item in node]
+        return node
+
+    out = copy.deepcopy(dict(fmt))
+    out["json_schema"] = {**out["json_schema"], "schema": limit(out["json_schema"]["schema"])}
+    return out

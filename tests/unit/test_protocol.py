@@ -127,3 +127,23 @@ def test_the_new_model_keys_load_from_a_config() -> None:
     assert config.llm.annotate.max_output_tokens_retry == 4000 and config.llm.guidelines.max_output_tokens_retry == 2000
     with pytest.raises(ConfigError, match="llm.annotate.max_output_tokens_retry"):
         config_from_dict(base, ["llm.annotate.max_output_tokens_retry=-1"])
+
+
+def test_length_limits_bound_free_text_and_lists_but_not_enums():
+    from rae_ray.config import PAPER_SCALE
+    from rae_ray.llm.schemas import (
+        GUIDELINE_SCHEMA_NAME, MAX_LIST_ITEMS, MAX_TEXT_CHARS, QueryGuideline, judgement_format, response_format,
+        with_length_limits,
+    )
+
+    judgement = with_length_limits(judgement_format([g.model_dump() for g in PAPER_SCALE]))["json_schema"]["schema"]
+    assert judgement["properties"]["reasoning"]["maxLength"] == MAX_TEXT_CHARS
+    assert "maxLength" not in judgement["properties"]["label"]  # an enum: already bounded
+    assert "maxLength" not in judgement["properties"]["grade"]
+    guideline = with_length_limits(response_format(QueryGuideline, GUIDELINE_SCHEMA_NAME))["json_schema"]["schema"]
+    assert guideline["properties"]["requirements"]["maxItems"] == MAX_LIST_ITEMS
+    requirement = guideline["$defs"]["Requirement"]["properties"]
+    assert requirement["value"]["maxLength"] == MAX_TEXT_CHARS
+    # the original format is left as it was
+    assert "maxLength" not in response_format(QueryGuideline, GUIDELINE_SCHEMA_NAME)["json_schema"]["schema"][
+        "properties"]["query_intent"]
