@@ -179,7 +179,7 @@ def _stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, bu
         max_concurrent_requests=in_flight,
         budget_actor=budget_actor,
         price=config.pricing.get(model.model),
-        batch_state_uri=join_uri(batch_state_uri, stage) if model.batch and batch_state_uri else None,
+        batch_state_uri=join_uri(batch_state_uri, stage) if getattr(model, "batch", False) and batch_state_uri else None,
         s3_endpoint_url=config.storage.s3_endpoint_url,
         s3_region=config.storage.s3_region,
     )

@@ -94,7 +94,7 @@ class AnnotateStage:
         """One result per row (None where there is nothing to send): online calls gathered under the client's
         semaphore, or, in batch mode, one provider batch for the lot."""
         model = self.config.model
-        if not model.batch:
+        if not getattr(model, "batch", False):  # AnnotateModelConfig.batch
             return await gather_calls([
                 None if m is None else self.client.structured(
                     m, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model.model, model.temperature,

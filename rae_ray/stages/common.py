@@ -22,7 +22,7 @@ class LLMStageConfig(BaseModel):
 
     endpoint: EndpointConfig
     api_key: SecretStr
-    model: StageModelConfig
+    model: StageModelConfig  # AnnotateModelConfig (with its batch keys) for the judge
     scale: list[dict]
     max_concurrent_requests: int = 32
     budget_actor: str | None = None
