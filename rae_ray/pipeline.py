@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
-import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -24,7 +21,7 @@ import pyarrow as pa
 
 from rae_ray.config import RunConfig, StageComputeConfig
 from rae_ray.inputs import TableInfo, inspect_catalog, inspect_log, log_columns, require_product_title
-from rae_ray.io import InputError, RunLayout, Storage, atomic_parquet_sink, join_uri, resolve_uri, s3_endpoint
+from rae_ray.io import InputError, RunLayout, Storage, join_uri, resolve_uri, s3_endpoint
 from rae_ray.labelstore import LabelStore, add_label_keys, publish_shard
 from rae_ray.llm.client import FatalEndpointError, LLMClient
 from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, CAPTION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION
@@ -35,7 +32,10 @@ from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA, query_metrics
 from rae_ray.metrics.trec import run_text
 from rae_ray.report import write_report
 from rae_ray.sampling import sample_queries
-from rae_ray.llm.ratelimit import budget_actor_class
+from rae_ray.runtime import (
+    ROWS_PER_PARTITION, actor_map, compact, ensure_ray, fatal_endpoint_error, llm_stages, lost_worker, progress,
+    stage_config, start_budget, to_polars, write,
+)
 from rae_ray.stages.annotate import NO_IMAGE, AnnotateStage
 from rae_ray.stages.captions import CAPTION_COLUMNS, CaptionStage, add_caption_ids
 from rae_ray.stages.images import ImageStage, ImageStageConfig
@@ -58,9 +58,6 @@ from rae_ray.stages.prepare import (
 logger = logging.getLogger("rae_ray")
 
 STORED_PREFIX = "stored_"
-ROWS_PER_BLOCK = 10_000
-BYTES_PER_BLOCK = 64 * 1024 * 1024
-ROWS_PER_PARTITION = 50_000
 
 
 @dataclass(frozen=True)
@@ -131,87 +128,8 @@ class Job:
         return self.seconds[name]
 
 
-def progress(message: str) -> None:
-    print(f"[rae-ray] {message}", file=sys.stderr, flush=True)
-
-
 def default_run_id() -> str:
     return "run-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-
-
-def ensure_ray(config: RunConfig) -> None:
-    """Join the configured or ambient Ray cluster, or start a local one."""
-    import ray
-
-    from ray.data.context import ShuffleStrategy
-
-    context = ray.data.DataContext.get_current()
-    context.shuffle_strategy = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED,
-                                "hash": ShuffleStrategy.HASH_SHUFFLE}[config.compute.shuffle]
-    if ray.is_initialized():
-        return
-    address = config.compute.ray_address or os.environ.get("RAY_ADDRESS")
-    local = address is None
-    if local:  # start a local Ray of our own ("auto" joins one started with `ray start`)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local" if local else address,
-        num_cpus=config.compute.num_cpus if local else None,
-        include_dashboard=False if local else None,
-        log_to_driver=True,
-        logging_level=logging.WARNING,
-    )
-    context.enable_progress_bars = sys.stderr.isatty()
-
-
-def _stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, budget_actor: str | None,
-                  batch_state_uri: str | None = None) -> LLMStageConfig:
-    endpoint = config.llm.endpoint_for(stage)
-    model = getattr(config.llm, stage)
-    in_flight = compute.max_concurrent_requests
-    if endpoint.max_in_flight is not None:  # the endpoint's cluster-wide limit, split over the stage's actors
-        in_flight = max(1, min(in_flight, endpoint.max_in_flight // compute.max_actors))
-    return LLMStageConfig(
-        endpoint=endpoint,
-        api_key=endpoint.api_key(),
-        model=model,
-        scale=config.scale.as_dicts(),
-        max_concurrent_requests=in_flight,
-        budget_actor=budget_actor,
-        price=config.pricing.get(model.model),
-        batch_state_uri=join_uri(batch_state_uri, stage) if getattr(model, "batch", False) and batch_state_uri else None,
-        s3_endpoint_url=config.storage.s3_endpoint_url,
-        s3_region=config.storage.s3_region,
-    )
-
-
-def llm_stages(config: RunConfig) -> list[str]:
-    return ["guidelines", *(["captions"] if config.images.mode == "caption" else []), "annotate"]
-
-
-def start_budget(config: RunConfig, run_id: str):
-    """The run's budget actor (rate limits per endpoint and model, cost guard): (name, handle).
-
-    The driver must keep the handle: a named actor that is not detached dies with its last handle.
-    """
-    import uuid
-
-    limits = {}
-    for stage in llm_stages(config):
-        endpoint, model = config.llm.endpoint_for(stage), getattr(config.llm, stage).model
-        limits[f"{endpoint.base_url}|{model}"] = {"rpm": endpoint.rpm, "tpm": endpoint.tpm}
-    name = f"rae-ray-budget-{run_id}-{uuid.uuid4().hex[:8]}"
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    import ray
-
-    # On the driver's node: it lives and dies with the run, not with a worker node that scales away. Hard
-    # affinity: a soft one fell back to a worker node in CI (a raylet with a stale view of the cluster places it
-    # where it is asked); it needs no CPU, so the driver's node always has room, and that node outlives the run.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    handle = budget_actor_class().options(name=name, namespace="rae-ray", scheduling_strategy=here).remote(
-        limits, config.max_cost_usd)
-    return name, handle
 
 
 class KeyedStage:
@@ -240,32 +158,6 @@ class KeyedStage:
         return out
 
 
-def _actor_map(ds, fn, fn_kwargs: dict[str, Any], compute: StageComputeConfig):
-    import ray
-
-    # One block per batch: an actor pool hands out whole blocks, so a stage fed one big block (a small shuffle's
-    # single partition) ran on one actor while the others idled (measured: half the endpoint's ceiling).
-    ds = ds.repartition(target_num_rows_per_block=compute.batch_size)
-    with warnings.catch_warnings():
-        # Ray 2.60 flags every extra remote arg as deprecated; max_concurrency is how async actors overlap batches.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-        return ds.map_batches(
-            fn,
-            fn_constructor_kwargs=fn_kwargs,
-            batch_format="pyarrow",
-            batch_size=compute.batch_size,
-            compute=ray.data.ActorPoolStrategy(
-                min_size=compute.min_actors,
-                max_size=compute.max_actors,
-                # Queue more batches than run at once, so the pool sees demand and scales up.
-                max_tasks_in_flight_per_actor=2 * compute.max_concurrent_batches,
-            ),
-            num_cpus=compute.num_cpus,
-            # Async actor: this many batches overlap, their requests gathered under the client's semaphore.
-            max_concurrency=compute.max_concurrent_batches,
-        )
-
-
 def preflight(config: RunConfig) -> None:
     """Every endpoint reachable and accepting its key, before anything is spent."""
 
@@ -285,16 +177,6 @@ def preflight(config: RunConfig) -> None:
                 await client.close()
 
     asyncio.run(check())
-
-
-def _to_polars(ds, schema: dict | None = None) -> pl.DataFrame:
-    """A small, aggregated dataset to the driver (never the log: only per-query or per-ranker tables)."""
-    import ray
-
-    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    if tables:
-        return pl.from_arrow(pa.concat_tables(tables, promote_options="default"))
-    return pl.DataFrame(schema=schema)
 
 
 def per_query_metrics(group: pa.Table, ks: list[int], top_grade: int) -> pa.Table:
@@ -367,23 +249,9 @@ def _cached_stage(job: Job, ds, spec: StageSpec, stage_cls, stage_config: LLMSta
     publish = None
     if job.store is not None:
         publish = {"uri": job.store.folder(spec.store_kind), "storage": job.storage, "run_id": job.run_id}
-    new = _actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
+    new = actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
                                           "config": stage_config, "publish": publish}, compute)
-    return _compact((new if hits is None else hits.union(new)).materialize())
-
-
-def _compact(ds):
-    """A materialized stage output in blocks of about ROWS_PER_BLOCK rows: an actor pool hands back one block per
-    batch (hundreds of blocks of 16-128 rows), and every step after it pays per block (1,762 image rows in 111
-    blocks took 7 s to join on 2 CPUs). `repartition(target_num_rows_per_block=...)` only splits and merges
-    within one task's output in Ray 2.60, so blocks are combined by count (no shuffle).
-    Bytes bound a block too: fetched images carry their JPEG data URLs (up to ~100 KB a row)."""
-    blocks = max(-(-ds.count() // ROWS_PER_BLOCK), -(-(ds.size_bytes() or 0) // BYTES_PER_BLOCK), 1)
-    return ds if ds.num_blocks() <= blocks else ds.repartition(blocks).materialize()
-
-
-def _write(job: Job, ds, uri: str, prefix: str) -> None:
-    ds.write_datasink(atomic_parquet_sink(uri, job.storage, prefix))
+    return compact((new if hits is None else hits.union(new)).materialize())
 
 
 # -- steps ------------------------------------------------------------------------------------------------
@@ -442,7 +310,7 @@ def read_log(job: Job, inputs: Inputs):
     queries_filter = None
     segments = None
     if "query_count" in inputs.columns:
-        query_counts = _to_polars(
+        query_counts = to_polars(
             checked.filter(expr=col("input_error").is_null()).groupby("query", num_partitions=job.parts).max("query_count")
         ).rename({"max(query_count)": "query_count"})
         chosen = sample_queries(query_counts, config.sampling)
@@ -528,7 +396,7 @@ def attach_images(job: Job, pairs, caption_config: LLMStageConfig | None):
         images=config.images, s3_endpoint_url=s3_endpoint(config.storage.s3_endpoint_url),
         s3_region=config.storage.s3_region, max_concurrent_requests=config.compute.images.max_concurrent_requests,
     )
-    fetched = _compact(_actor_map(urls, ImageStage, {"config": stage_config}, config.compute.images).materialize())
+    fetched = compact(actor_map(urls, ImageStage, {"config": stage_config}, config.compute.images).materialize())
     job.counts["images"] = fetched.count()
     progress(f"images: {job.counts['images']} unique URLs fetched")
     images = Images(fetched=fetched)
@@ -542,7 +410,7 @@ def attach_images(job: Job, pairs, caption_config: LLMStageConfig | None):
         captioned = _cached_stage(job, unique, CAPTION_SPEC, CaptionStage, caption_config, config.compute.captions)
         images.captioned = captioned
         captions = _captions_per_url(job, keyed, captioned).materialize()
-        _write(job, captions, job.layout.path("captions"), "captions")
+        write(captions, job.layout.path("captions"), job.storage, "captions")
         images.captions = captions
         side = captions.select_columns(["image_url", "caption_id", "caption", "image_status"])
     else:
@@ -607,7 +475,7 @@ def write_guidelines(job: Job, pairs, stage_config: LLMStageConfig):
     )
     guidelines = _cached_stage(job, queries, GUIDELINE_SPEC, GuidelineStage, stage_config, job.config.compute.guidelines)
     job.counts["queries"] = guidelines.count()
-    _write(job, guidelines, job.layout.guidelines, "guidelines")
+    write(guidelines, job.layout.guidelines, job.storage, "guidelines")
     return guidelines
 
 
@@ -630,7 +498,7 @@ def write_labels(job: Job, pairs, guidelines, images: Images, stage_config: LLMS
     labels = _cached_stage(job, keyed, LABEL_SPEC, AnnotateStage, stage_config, job.config.compute.annotate,
                            prepare_misses=with_guidelines)
     job.counts["labelled"] = labels.filter(expr=col("grade").is_not_null()).count()
-    _write(job, labels, job.layout.labels, "labels")
+    write(labels, job.layout.labels, job.storage, "labels")
     return labels
 
 
@@ -663,7 +531,7 @@ def write_errors(job: Job, checked, guidelines, labels, images: Images) -> dict[
         job.storage.write_table(join_uri(job.layout.errors, "errors-empty.parquet"), ERROR_SCHEMA.empty_table())
         return {}
     errors = [part for part in parts.values() if part.count()]
-    _write(job, errors[0].union(*errors[1:]) if len(errors) > 1 else errors[0], job.layout.errors, "errors")
+    write(errors[0].union(*errors[1:]) if len(errors) > 1 else errors[0], job.layout.errors, job.storage, "errors")
     return counts
 
 
@@ -681,19 +549,19 @@ class RayEvaluationSource:
             return labels
         from ray.data.expressions import col
 
-        titles = _to_polars(self.titles.filter(expr=col("query").is_in(queries)),
+        titles = to_polars(self.titles.filter(expr=col("query").is_in(queries)),
                             schema={"query": pl.String, "product_id": pl.String, "title": pl.String})
         return labels.join(titles, on=["query", "product_id"], how="left")
 
     def ranked_lists(self, queries: list[str]) -> pl.DataFrame:
         from ray.data.expressions import col
 
-        return _to_polars(self.run.filter(expr=col("query").is_in(list(queries))), schema=RUN_SCHEMA)
+        return to_polars(self.run.filter(expr=col("query").is_in(list(queries))), schema=RUN_SCHEMA)
 
     def labels_for(self, queries: list[str]) -> pl.DataFrame:
         from ray.data.expressions import col
 
-        labels = _to_polars(self.labels.filter(expr=col("query").is_in(list(queries))), schema=LABEL_SCHEMA)
+        labels = to_polars(self.labels.filter(expr=col("query").is_in(list(queries))), schema=LABEL_SCHEMA)
         return self._with_titles(labels, list(queries))
 
     def labels_matching(self, pairs: pl.DataFrame) -> pl.DataFrame:
@@ -703,7 +571,7 @@ class RayEvaluationSource:
     def failed_labels(self, limit: int) -> pl.DataFrame:
         from ray.data.expressions import col
 
-        return _to_polars(self.labels.filter(expr=col("error").is_not_null()).limit(limit), schema=LABEL_SCHEMA)
+        return to_polars(self.labels.filter(expr=col("error").is_not_null()).limit(limit), schema=LABEL_SCHEMA)
 
     def trec_chunks(self, rankers: list[str]):
         """The lines are made on Ray, a block at a time (a run's lines per query, so rankings stay whole); the
@@ -750,7 +618,7 @@ def evaluate(job: Job, inputs: Inputs, checked, selected, pairs, labels, segment
         labels.select_columns(["query", "product_id", "grade"]), join_type="left_outer", num_partitions=job.parts,
         on=("query", "product_id"),
     )
-    by_query = _to_polars(
+    by_query = to_polars(
         graded.groupby("query", num_partitions=job.parts).map_groups(
             per_query_metrics, batch_format="pyarrow",
             fn_kwargs={"ks": config.metrics.ks, "top_grade": config.scale.top_grade},
@@ -758,7 +626,7 @@ def evaluate(job: Job, inputs: Inputs, checked, selected, pairs, labels, segment
         schema=QUERY_METRICS_SCHEMA,
     )
     if "locale" in inputs.columns:
-        locales = _to_polars(checked.filter(expr=col("input_error").is_null()).groupby(
+        locales = to_polars(checked.filter(expr=col("input_error").is_null()).groupby(
             ["query", "locale"], num_partitions=job.parts).count())
         segments = pl.concat([s for s in (segments, locale_segments(locales)) if s is not None])
     human = load_human_labels(config.input.human_labels, job.storage) if config.input.human_labels else None
@@ -822,34 +690,6 @@ def _steps(job: Job, inputs: Inputs, stage_configs: dict[str, LLMStageConfig]):
     return images, labels, error_counts, evaluation, stage_usage
 
 
-def lost_worker(error: BaseException) -> str | None:
-    """What was lost, if `error` is Ray losing a worker, an actor, a node or an object (not a bug of ours)."""
-    from ray import exceptions as rex
-
-    kinds = (rex.ActorDiedError, rex.ObjectLostError, rex.NodeDiedError, rex.WorkerCrashedError,
-             rex.ActorUnavailableError)
-    for current in _exception_chain(error):
-        if isinstance(current, kinds):
-            kind = next(k.__name__ for k in kinds if isinstance(current, k))
-            first = next((line.strip() for line in str(current).splitlines()
-                          if "died because" in line or "node" in line.lower()), "")
-            return f"{kind}{': ' + first[:200] if first else ''}"
-    return None
-
-
-def _exception_chain(error: BaseException):
-    """`error` and every exception behind it: causes, contexts, and the `cause` of Ray's task errors."""
-    seen: set[int] = set()
-    stack = [error]
-    while stack:
-        current = stack.pop()
-        if not isinstance(current, BaseException) or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
-
-
 def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
     """Run the whole job; returns where it wrote and what it measured."""
     import ray
@@ -867,7 +707,7 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
     # Batch mode's state (submitted batches, their files): beside the store, so a rerun picks them up.
     batch_root = join_uri(job.store.uri if job.store else job.layout.root, "batches", job.run_id)
     stage_configs = {
-        stage: _stage_config(config, stage, getattr(config.compute, stage), budget, batch_root)
+        stage: stage_config(config, stage, getattr(config.compute, stage), budget, batch_root)
         for stage in llm_stages(config)
     }
     try:
@@ -912,28 +752,12 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
     return RunResult(root=job.layout.root, manifest=manifest, rankers=by_ranker, seconds=job.seconds)
 
 
-def fatal_endpoint_error(error: BaseException) -> FatalEndpointError | None:
-    """The `FatalEndpointError` an actor raised, found inside Ray's wrappers.
-
-    Ray Data hands a UDF's exception to the driver as RayTaskError(UserCodeException), whose text is the worker's
-    traceback: the original exception object does not travel, its last line (type: message) does.
-    """
-    marker = f"{FatalEndpointError.__module__}.{FatalEndpointError.__qualname__}: "
-    for current in _exception_chain(error):
-        if type(current) is FatalEndpointError:
-            return current
-        text = str(current)
-        if marker in text:
-            return FatalEndpointError(text[text.rindex(marker) + len(marker):].splitlines()[0].strip())
-    return None
-
-
 def _image_counts(images: Images, labels) -> dict[str, Any]:
     """Manifest entries of the image steps: fetches by status, labels by image status."""
     if images.fetched is None:
         return {}
-    by_status = dict(_to_polars(images.fetched.groupby("image_status").count()).iter_rows())
-    labels_by_status = dict(_to_polars(labels.groupby("image_status").count()).iter_rows())
+    by_status = dict(to_polars(images.fetched.groupby("image_status").count()).iter_rows())
+    labels_by_status = dict(to_polars(labels.groupby("image_status").count()).iter_rows())
     return {"images": {"unique_urls": images.fetched.count(), "by_status": by_status},
             "labels_by_image_status": labels_by_status}
 

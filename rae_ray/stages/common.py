@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from rae_ray.config import EndpointConfig, Price, StageModelConfig
 from rae_ray.llm.client import CallResult, LLMClient
-from rae_ray.llm.ratelimit import RateBudget
+from rae_ray.llm.ratelimit import BUDGET_NAMESPACE, RateBudget
 
 USAGE_COLUMNS = ("llm_calls", "prompt_tokens", "completion_tokens", "cached_tokens", "seconds")
 
@@ -26,7 +26,6 @@ class LLMStageConfig(BaseModel):
     scale: list[dict]
     max_concurrent_requests: int = 32
     budget_actor: str | None = None
-    budget_namespace: str = "rae-ray"
     price: Price | None = None
     # Batch mode (model.batch): where the batches' state and files go, and the S3 settings to reach it.
     batch_state_uri: str | None = None
@@ -48,7 +47,7 @@ def missing_columns(batch: pa.Table, required: Sequence[str], stage: str) -> Non
 def make_client(config: LLMStageConfig) -> LLMClient:
     budget = None
     if config.budget_actor is not None:
-        budget = RateBudget(config.budget_actor, config.budget_namespace, config.limit_key)
+        budget = RateBudget(config.budget_actor, BUDGET_NAMESPACE, config.limit_key)
     return LLMClient(config.endpoint, config.api_key, config.max_concurrent_requests, budget=budget, price=config.price)
 
 
