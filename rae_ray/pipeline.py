@@ -1,7 +1,7 @@
 """The Ray Data wiring of the job: log -> sample -> unique pairs -> guidelines -> annotate -> labels -> metrics.
 
 This module only composes: transforms live in `stages/`, metric definitions in `metrics/`, bytes in `io` and
-`labelstore`. Every LLM stage runs the same way (`_cached_stage`): look the keys up in the label store, send
+`labelstore`. Every LLM stage runs the same way (`labelstore.cached`): look the keys up in the label store, send
 only the misses to an actor pool, publish each finished batch to the store as it completes (so a killed run
 resumes from there), and union hits and new results.
 """
@@ -19,10 +19,12 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from rae_ray.config import RunConfig, StageComputeConfig
+from rae_ray.config import RunConfig
 from rae_ray.inputs import TableInfo, inspect_catalog, inspect_log, log_columns, require_product_title
 from rae_ray.io import InputError, RunLayout, Storage, join_uri, resolve_uri, s3_endpoint
-from rae_ray.labelstore import LabelStore, add_label_keys, publish_shard
+from rae_ray.labelstore.cached import CAPTION_SPEC, GUIDELINE_SPEC, LABEL_SPEC, cached_stage
+from rae_ray.labelstore.keys import add_caption_ids, add_guideline_ids, add_label_keys
+from rae_ray.labelstore.store import LabelStore
 from rae_ray.llm.client import FatalEndpointError, LLMClient
 from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION, CAPTION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION
 from rae_ray.manifest import build_manifest, usage_totals
@@ -37,13 +39,12 @@ from rae_ray.runtime import (
     stage_config, start_budget, to_polars, write,
 )
 from rae_ray.stages.annotate import NO_IMAGE, AnnotateStage
-from rae_ray.stages.captions import CAPTION_COLUMNS, CaptionStage, add_caption_ids
+from rae_ray.stages.captions import CaptionStage
 from rae_ray.stages.images import ImageStage, ImageStageConfig
-from rae_ray.stages.common import USAGE_COLUMNS, LLMStageConfig
+from rae_ray.stages.common import LLMStageConfig
 from rae_ray.stages.guidelines import GuidelineStage
 from rae_ray.stages.prepare import (
     ERROR_SCHEMA,
-    add_guideline_ids,
     check_log_rows,
     error_records,
     mark_duplicate_rows,
@@ -56,40 +57,6 @@ from rae_ray.stages.prepare import (
 )
 
 logger = logging.getLogger("rae_ray")
-
-STORED_PREFIX = "stored_"
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """How one LLM stage meets the label store: its key, the columns stored, the columns it outputs."""
-
-    name: str
-    store_kind: str
-    key: str
-    stored: dict[str, pa.DataType]
-    output: list[str]
-
-
-GUIDELINE_SPEC = StageSpec(
-    name="guidelines", store_kind="guidelines", key="guideline_id",
-    stored={"guideline": pa.string(), "model": pa.string(), "prompt_version": pa.string()},
-    output=["query", "guideline_id", "guideline", "model", "prompt_version", "cache_hit", "error", *USAGE_COLUMNS],
-)
-LABEL_SPEC = StageSpec(
-    name="annotate", store_kind="labels", key="label_key",
-    stored={"grade": pa.int16(), "label": pa.string(), "reasoning": pa.string(), "model": pa.string(),
-            "prompt_version": pa.string()},
-    output=["query", "product_id", "product_hash", "label_key", "grade", "label", "reasoning", "model",
-            "prompt_version", "guideline_id", "caption_id", "image_id", "image_status", "cache_hit", "error",
-            *USAGE_COLUMNS],
-)
-CAPTION_SPEC = StageSpec(
-    name="captions", store_kind="captions", key="caption_id",
-    stored={"caption": pa.string(), "model": pa.string(), "prompt_version": pa.string()},
-    output=[*CAPTION_COLUMNS, *USAGE_COLUMNS],
-)
-
 
 @dataclass
 class RunResult:
@@ -132,32 +99,6 @@ def default_run_id() -> str:
     return "run-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-class KeyedStage:
-    """Runs an LLM stage on store misses: hands each row's store key through, lays the output out as the spec
-    says, and publishes each batch's successful rows to the store the moment the batch is judged.
-
-    Publishing from inside the actor (not from an operator downstream) is what makes a killed run lose at most
-    the batches in flight: Ray Data packs a task's output batches into one block and hands it on only when the
-    task ends, so a downstream writer sees nothing until a whole input block is done.
-    """
-
-    def __init__(self, stage_cls, key: str, output: list[str], config: LLMStageConfig,
-                 publish: dict[str, Any] | None = None):
-        self.stage = stage_cls(config)
-        self.key = key
-        self.output = output
-        self.publish = publish
-
-    async def __call__(self, batch: pa.Table) -> pa.Table:
-        out = await self.stage(batch)
-        if self.key in batch.column_names and self.key not in out.column_names:
-            out = out.append_column(self.key, batch.column(self.key))
-        out = conform(out, self.output)
-        if self.publish is not None:
-            await asyncio.to_thread(publish_shard, out, **self.publish)
-        return out
-
-
 def preflight(config: RunConfig) -> None:
     """Every endpoint reachable and accepting its key, before anything is spent."""
 
@@ -188,70 +129,6 @@ def per_query_metrics(group: pa.Table, ks: list[int], top_grade: int) -> pa.Tabl
     run = frame.select("ranker", "query", "rank", "product_id")
     labels = frame.select("query", "product_id", "grade").unique(subset=["query", "product_id"])
     return query_metrics(run, labels, ks=ks, top_grade=top_grade).to_arrow()
-
-
-def hits_as_output(batch: pa.Table, spec_output: list[str], stored: dict[str, pa.DataType]) -> pa.Table:
-    """Rows answered by the store, in the stage's output layout (cache_hit true, no calls, no tokens)."""
-    n = batch.num_rows
-    columns = {}
-    for name in spec_output:
-        if name in stored:
-            columns[name] = batch.column(STORED_PREFIX + name).cast(stored[name])
-        elif name == "cache_hit":
-            columns[name] = pa.array([True] * n, pa.bool_())
-        elif name == "error":
-            columns[name] = pa.nulls(n, pa.string())
-        elif name in USAGE_COLUMNS:
-            columns[name] = pa.array([0] * n, pa.float64() if name == "seconds" else pa.int64())
-        elif name in batch.column_names:
-            columns[name] = batch.column(name)
-        elif name == "image_status":
-            columns[name] = pa.array([NO_IMAGE] * n, pa.string())
-        else:
-            columns[name] = pa.nulls(n, pa.string())
-    return pa.table(columns)
-
-
-def conform(batch: pa.Table, spec_output: list[str]) -> pa.Table:
-    """A stage's own output in the spec's column order and the same types as `hits_as_output`."""
-    n = batch.num_rows
-    columns = {}
-    for name in spec_output:
-        column = batch.column(name) if name in batch.column_names else pa.nulls(n, pa.string())
-        if name in USAGE_COLUMNS:
-            column = column.cast(pa.float64() if name == "seconds" else pa.int64())
-        columns[name] = column
-    return pa.table(columns)
-
-
-def _cached_stage(job: Job, ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig,
-                  compute: StageComputeConfig, prepare_misses=None):
-    """Store lookup -> actor pool on the misses (each batch published to the store by the actor) -> hits + new."""
-    from ray.data.expressions import col
-
-    if job.store is None:
-        misses = ds
-        hits = None
-    else:
-        looked = job.store.lookup(ds, spec.store_kind, spec.key, spec.stored, STORED_PREFIX, job.parts).materialize()
-        first_stored = STORED_PREFIX + next(iter(spec.stored))
-        hits = looked.filter(expr=col(first_stored).is_not_null()).map_batches(
-            hits_as_output, batch_format="pyarrow", fn_kwargs={"spec_output": spec.output, "stored": spec.stored}
-        )
-        misses = looked.filter(expr=col(first_stored).is_null()).drop_columns(
-            [STORED_PREFIX + name for name in spec.stored]
-        )
-        if misses.count() == 0:  # everything was in the store: no actor pool to start
-            progress(f"{spec.name}: all {looked.count()} from the label store")
-            return hits.materialize()
-    if prepare_misses is not None:
-        misses = prepare_misses(misses)
-    publish = None
-    if job.store is not None:
-        publish = {"uri": job.store.folder(spec.store_kind), "storage": job.storage, "run_id": job.run_id}
-    new = actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
-                                          "config": stage_config, "publish": publish}, compute)
-    return compact((new if hits is None else hits.union(new)).materialize())
 
 
 # -- steps ------------------------------------------------------------------------------------------------
@@ -407,7 +284,8 @@ def attach_images(job: Job, pairs, caption_config: LLMStageConfig | None):
         # demo's 13 distinct photos behind 1,762 URLs).
         unique = keyed.filter(expr=col("caption_id").is_not_null()).groupby(
             "caption_id", num_partitions=job.parts).map_groups(_first_row, batch_format="pyarrow")
-        captioned = _cached_stage(job, unique, CAPTION_SPEC, CaptionStage, caption_config, config.compute.captions)
+        captioned = cached_stage(unique, CAPTION_SPEC, CaptionStage, caption_config, config.compute.captions,
+                                 store=job.store, run_id=job.run_id, parts=job.parts)
         images.captioned = captioned
         captions = _captions_per_url(job, keyed, captioned).materialize()
         write(captions, job.layout.path("captions"), job.storage, "captions")
@@ -473,7 +351,8 @@ def write_guidelines(job: Job, pairs, stage_config: LLMStageConfig):
     queries = pairs.filter(expr=col("pair_error").is_null()).groupby("query", num_partitions=job.parts).aggregate(
         Max("guideline_id", alias_name="guideline_id")
     )
-    guidelines = _cached_stage(job, queries, GUIDELINE_SPEC, GuidelineStage, stage_config, job.config.compute.guidelines)
+    guidelines = cached_stage(queries, GUIDELINE_SPEC, GuidelineStage, stage_config, job.config.compute.guidelines,
+                              store=job.store, run_id=job.run_id, parts=job.parts)
     job.counts["queries"] = guidelines.count()
     write(guidelines, job.layout.guidelines, job.storage, "guidelines")
     return guidelines
@@ -495,8 +374,8 @@ def write_labels(job: Job, pairs, guidelines, images: Images, stage_config: LLMS
             misses = misses.join(images.data_urls, join_type="left_outer", num_partitions=job.parts, on=("image_url",))
         return misses
 
-    labels = _cached_stage(job, keyed, LABEL_SPEC, AnnotateStage, stage_config, job.config.compute.annotate,
-                           prepare_misses=with_guidelines)
+    labels = cached_stage(keyed, LABEL_SPEC, AnnotateStage, stage_config, job.config.compute.annotate,
+                          store=job.store, run_id=job.run_id, parts=job.parts, prepare_misses=with_guidelines)
     job.counts["labelled"] = labels.filter(expr=col("grade").is_not_null()).count()
     write(labels, job.layout.labels, job.storage, "labels")
     return labels

@@ -1,8 +1,8 @@
 import pyarrow as pa
 
+from rae_ray.labelstore.keys import guideline_id, normalize_query
 from rae_ray.stages.prepare import (
-    check_log_rows, guideline_id, invalid_rows, normalize_products, normalize_query, pair_problems, product_hash,
-    select_rows, unique_pairs,
+    check_log_rows, invalid_rows, normalize_products, pair_problems, product_hash, select_rows, unique_pairs,
 )
 
 
