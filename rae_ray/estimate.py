@@ -11,7 +11,7 @@ guideline), which a caching provider bills as cached after the query's first pro
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -95,18 +95,20 @@ def estimate(config: RunConfig) -> Estimate:
     from ray.data.aggregate import Count, Sum
     from ray.data.expressions import col
 
+    from rae_ray.job import open_job
     from rae_ray.labelstore.cached import GUIDELINE_SPEC, LABEL_SPEC, lookup
-    from rae_ray.pipeline import build_pairs, ensure_ray, make_job, read_log, validate
+    from rae_ray.runtime import ensure_ray, partitions
+    from rae_ray.steps.retrieve import build_pairs, read_log
 
     if config.images.mode != "text":
         raise ValueError("rae-ray estimate covers images.mode 'text' only for now")
-    job = make_job(config)
-    inputs = validate(job, check_endpoints=False)
+    job, inputs = open_job(config, check_endpoints=False)
     ensure_ray(config)
-    _, selected, _ = read_log(job, inputs)
-    pairs = build_pairs(job, inputs, selected)
+    log, counts = read_log(job, inputs)
+    job = replace(job, parts=partitions(counts["rows_selected"], config))
+    pairs, counts = build_pairs(job, inputs, log.selected)
     scale = config.scale.as_dicts()
-    result = Estimate(pairs_unique=job.counts["pairs_unique"], queries=0)
+    result = Estimate(pairs_unique=counts["pairs_unique"], queries=0)
 
     def misses_of(ds, spec):
         if job.store is None:

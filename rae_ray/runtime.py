@@ -1,19 +1,23 @@
-"""Where the job runs: Ray start-up, the budget actor, actor pools, block sizes, and
+"""Where the job runs: Ray start-up, the run's context (`Job`), the budget actor, actor pools, block sizes, and
 telling Ray losing a worker from an endpoint refusing the key."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
 from rae_ray.config import RunConfig, StageComputeConfig
-from rae_ray.io import atomic_parquet_sink, join_uri
+from rae_ray.io import RunLayout, Storage, atomic_parquet_sink, join_uri, resolve_uri
+from rae_ray.labelstore.store import LabelStore
 from rae_ray.llm.client import FatalEndpointError
 from rae_ray.llm.ratelimit import BUDGET_NAMESPACE, budget_actor_class
 from rae_ray.stages.common import LLMStageConfig
@@ -23,6 +27,40 @@ logger = logging.getLogger("rae_ray")
 ROWS_PER_BLOCK = 10_000
 BYTES_PER_BLOCK = 64 * 1024 * 1024
 ROWS_PER_PARTITION = 50_000
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every step of one run reads: config, where things go, and how many partitions a shuffle gets."""
+
+    config: RunConfig
+    storage: Storage
+    run_id: str
+    layout: RunLayout
+    store: LabelStore | None
+    parts: int = 1
+
+
+def partitions(rows: int, config: RunConfig) -> int:
+    """Partitions of a hash shuffle: about one per ROWS_PER_PARTITION log rows, at most the config's.
+
+    Each partition is a reduce task holding a CPU; on small inputs one partition is fastest.
+    """
+    return max(1, min(config.compute.shuffle_partitions, math.ceil(rows / ROWS_PER_PARTITION)))
+
+
+def default_run_id() -> str:
+    return "run-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def make_job(config: RunConfig, storage: Storage | None = None) -> Job:
+    storage = storage or Storage(config.storage.s3_endpoint_url, config.storage.s3_region)
+    run_id = config.run_id or default_run_id()
+    output = resolve_uri(config.output.uri)
+    store = None
+    if config.store.enabled:
+        store = LabelStore(resolve_uri(config.store.uri) if config.store.uri else join_uri(output, "_store"), storage)
+    return Job(config=config, storage=storage, run_id=run_id, layout=RunLayout(join_uri(output, run_id)), store=store)
 
 
 def progress(message: str) -> None:

@@ -89,7 +89,8 @@ def rankings(comparison: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_sweep(sweep_id: str, configs: dict[str, RunConfig]) -> SweepResult:
-    from rae_ray.pipeline import make_job, progress, run
+    from rae_ray.job import run
+    from rae_ray.runtime import make_job, progress
 
     frames = []
     first = next(iter(configs.values()))

@@ -16,7 +16,7 @@ USAGE_COLUMNS = ("llm_calls", "prompt_tokens", "completion_tokens", "cached_toke
 
 
 class LLMStageConfig(BaseModel):
-    """Everything an LLM stage actor needs, built once by the pipeline."""
+    """Everything an LLM stage actor needs, built once by the job (`runtime.stage_config`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -16,7 +16,7 @@ NO_IMAGE = "none"
 
 
 class ImageStageConfig(BaseModel):
-    """Everything an image actor needs, built once by the pipeline."""
+    """Everything an image actor needs, built once by the job (`steps.images`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

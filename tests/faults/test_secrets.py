@@ -95,7 +95,7 @@ def test_wrong_key_stops_at_preflight_without_leaking_it(tmp_path, monkeypatch, 
         seconds = time.monotonic() - started
         captured = capsys.readouterr()
         with pytest.raises(FatalEndpointError) as raised:
-            from rae_ray.pipeline import run
+            from rae_ray.job import run
 
             run(config_from_dict(config))
         stats = sim.stats()

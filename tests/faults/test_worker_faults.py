@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from rae_ray.config import config_from_dict
-from rae_ray.pipeline import run
+from rae_ray.job import run
 from tests.faults.conftest import chorus_subset, expected_pairs, read_folder
 from tests.helpers import base_config
 

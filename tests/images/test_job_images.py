@@ -8,7 +8,7 @@ import boto3
 import polars as pl
 import pytest
 
-from rae_ray import pipeline
+from rae_ray.job import run
 from rae_ray.config import config_from_dict
 from tests.helpers import base_config, read_output
 from tests.images.conftest import product_photo
@@ -61,7 +61,7 @@ def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inp
         # One image per batch: a copy of an image in another batch must still not be captioned again.
         config.setdefault("compute", {})["captions"] = {"batch_size": 1, "max_actors": 2}
         before = sim.stats()["by_schema"].get("image_caption", 0)
-        pipeline.run(config_from_dict(config))
+        run(config_from_dict(config))
         caption_calls = sim.stats()["by_schema"].get("image_caption", 0) - before
         root = inputs / f"out-{mode}" / mode
         labels = read_output(root, "labels")

@@ -64,7 +64,7 @@ def pairs_table(catalog: pl.DataFrame, guidelines: pa.Table) -> pl.DataFrame:
 
 
 async def annotate(sim, catalog: pl.DataFrame, mode: str, image_config, s3_server) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The stages in pipeline order, joined as the pipeline joins them; returns (labels, images or captions)."""
+    """The stages in the job's order, joined as the job joins them; returns (labels, images or captions)."""
     llm = llm_stage_config(sim.base_url)
     guidelines = await GuidelineStage(llm)(pa.table({"query": QUERIES}))
     pairs = pairs_table(catalog, guidelines)

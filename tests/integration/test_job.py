@@ -14,7 +14,7 @@ import yaml
 from rae_ray.cli import main
 from rae_ray.config import config_from_dict
 from rae_ray.llm.client import FatalEndpointError
-from rae_ray.pipeline import run
+from rae_ray.job import run
 from tests.helpers import base_config, read_output
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,37 @@
+"""Judge: one label per unique (query, product) pair, from the label store or else by the LLM against the
+query's guideline (and the image's caption or the image itself)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rae_ray.labelstore.cached import LABEL_SPEC, cached_stage
+from rae_ray.labelstore.keys import add_label_keys
+from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION
+from rae_ray.runtime import Job, write
+from rae_ray.stages.annotate import AnnotateStage
+from rae_ray.stages.common import LLMStageConfig
+from rae_ray.steps.images import Images
+
+
+def write_labels(job: Job, pairs, guidelines, images: Images, stage_config: LLMStageConfig) -> tuple[Any, dict[str, int]]:
+    """One label per unique pair (store first, then the LLM against the query's guideline); written to labels/."""
+    from ray.data.expressions import col
+
+    annotate = job.config.llm.annotate
+    keyed = pairs.map_batches(add_label_keys, batch_format="pyarrow", fn_kwargs={
+        "model": annotate.model, "prompt_version": ANNOTATION_PROMPT_VERSION, "scale": job.config.scale.as_dicts(),
+        "image_mode": job.config.images.mode})
+    guideline_text = guidelines.select_columns(["query", "guideline", "error"]).rename_columns({"error": "guideline_error"})
+
+    def with_guidelines(misses):
+        misses = misses.join(guideline_text, join_type="left_outer", num_partitions=job.parts, on=("query",))
+        if images.data_urls is not None:  # direct mode: the image bytes travel only with the pairs sent to the judge
+            misses = misses.join(images.data_urls, join_type="left_outer", num_partitions=job.parts, on=("image_url",))
+        return misses
+
+    labels = cached_stage(keyed, LABEL_SPEC, AnnotateStage, stage_config, job.config.compute.annotate,
+                          store=job.store, run_id=job.run_id, parts=job.parts, prepare_misses=with_guidelines)
+    counts = {"labelled": labels.filter(expr=col("grade").is_not_null()).count()}
+    write(labels, job.layout.labels, job.storage, "labels")
+    return labels, counts
