@@ -62,9 +62,11 @@ def timed(seconds: dict[str, float], name: str, started: float) -> float:
 
 
 def open_job(config: RunConfig, storage: Storage | None = None, check_endpoints: bool = True) -> tuple[Job, Inputs]:
-    """The run's context and its checked inputs (metadata only: nothing is read, nothing is sent)."""
-    job = make_job(config, storage)
-    return job, validate(config, job.storage, check_endpoints=check_endpoints)
+    """The run's checked inputs and its context, whose shuffles are sized by the log's rows (metadata only:
+    nothing is read, nothing is sent)."""
+    storage = storage or Storage(config.storage.s3_endpoint_url, config.storage.s3_region)
+    inputs = validate(config, storage, check_endpoints=check_endpoints)
+    return make_job(config, storage, log_rows=inputs.log_rows), inputs
 
 
 def prepare_run_folder(job: Job) -> None:

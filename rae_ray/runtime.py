@@ -53,14 +53,16 @@ def default_run_id() -> str:
     return "run-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-def make_job(config: RunConfig, storage: Storage | None = None) -> Job:
+def make_job(config: RunConfig, storage: Storage | None = None, log_rows: int = 0) -> Job:
+    """The run's context; its shuffles get partitions for `log_rows` (the log's rows, known from its metadata)."""
     storage = storage or Storage(config.storage.s3_endpoint_url, config.storage.s3_region)
     run_id = config.run_id or default_run_id()
     output = resolve_uri(config.output.uri)
     store = None
     if config.store.enabled:
         store = LabelStore(resolve_uri(config.store.uri) if config.store.uri else join_uri(output, "_store"), storage)
-    return Job(config=config, storage=storage, run_id=run_id, layout=RunLayout(join_uri(output, run_id)), store=store)
+    return Job(config=config, storage=storage, run_id=run_id, layout=RunLayout(join_uri(output, run_id)), store=store,
+               parts=partitions(log_rows, config))
 
 
 def progress(message: str) -> None:

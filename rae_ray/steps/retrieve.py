@@ -14,7 +14,7 @@ from rae_ray.io import InputError, Storage
 from rae_ray.labelstore.keys import add_guideline_ids
 from rae_ray.llm.client import LLMClient
 from rae_ray.llm.prompts import GUIDELINE_PROMPT_VERSION
-from rae_ray.runtime import Job, partitions, progress, to_polars
+from rae_ray.runtime import Job, progress, to_polars
 from rae_ray.sampling import sample_queries
 from rae_ray.stages.prepare import (
     check_log_rows, mark_duplicate_rows, normalize_products, pair_problems, select_rows, set_ranker, unique_pairs,
@@ -104,13 +104,12 @@ def read_log(job: Job, inputs: Inputs) -> tuple[LogRows, dict[str, int]]:
         .materialize()
     )
     counts = {"pairs_in_log": checked.count()}
-    shuffle_parts = partitions(counts["pairs_in_log"], config)
 
     queries_filter = None
     segments = None
     if "query_count" in inputs.columns:
         query_counts = to_polars(
-            checked.filter(expr=col("input_error").is_null()).groupby("query", num_partitions=shuffle_parts)
+            checked.filter(expr=col("input_error").is_null()).groupby("query", num_partitions=job.parts)
             .max("query_count")
         ).rename({"max(query_count)": "query_count"})
         chosen = sample_queries(query_counts, config.sampling)
