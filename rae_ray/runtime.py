@@ -102,7 +102,8 @@ def llm_stages(config: RunConfig) -> list[str]:
 
 def stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, budget_actor: str | None,
                  batch_state_uri: str | None = None) -> LLMStageConfig:
-    """What one LLM stage's actors are built with."""
+    """What one LLM stage's actors are built with (never the API key: each actor reads it from its environment;
+    the driver's own key was checked at preflight)."""
     endpoint = config.llm.endpoint_for(stage)
     model = getattr(config.llm, stage)
     in_flight = compute.max_concurrent_requests
@@ -110,7 +111,6 @@ def stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, bud
         in_flight = max(1, min(in_flight, endpoint.max_in_flight // compute.max_actors))
     return LLMStageConfig(
         endpoint=endpoint,
-        api_key=endpoint.api_key(),
         model=model,
         scale=config.scale.as_dicts(),
         max_concurrent_requests=in_flight,
