@@ -184,6 +184,30 @@ def compact(ds):
     return ds if ds.num_blocks() <= blocks else ds.repartition(blocks).materialize()
 
 
+def with_schema(ds, schema: pa.Schema):
+    """A materialized stage output that keeps its columns when it has no row (an actor pool fed nothing hands
+    back a dataset without blocks, hence without a schema, and every select or join after it fails)."""
+    import ray
+
+    return ray.data.from_arrow(schema.empty_table()) if ds.count() == 0 else ds
+
+
+def left_join(left, right, on: tuple[str, ...], num_partitions: int):
+    """`left` with the columns of `right` matched on `on` (left outer join). A `right` without rows adds null
+    columns instead of joining: Ray Data's join cannot resolve the key columns of a side that has no block."""
+    if right.count() > 0:
+        return left.join(right, join_type="left_outer", num_partitions=num_partitions, on=on)
+    schema = right.schema()
+    added = {name: dtype for name, dtype in zip(schema.names, schema.types) if name not in on}
+    return left.map_batches(_null_columns, batch_format="pyarrow", fn_kwargs={"columns": added})
+
+
+def _null_columns(batch: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
+    for name, dtype in columns.items():
+        batch = batch.append_column(pa.field(name, dtype), pa.nulls(batch.num_rows, dtype))
+    return batch
+
+
 def to_polars(ds, schema: dict | None = None) -> pl.DataFrame:
     """A small, aggregated dataset to the driver (never the log: only per-query or per-ranker tables)."""
     import ray

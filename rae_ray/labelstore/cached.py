@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from rae_ray.config import StageComputeConfig
 from rae_ray.labelstore.store import LabelStore, publish_shard
-from rae_ray.runtime import actor_map, compact, progress
+from rae_ray.runtime import actor_map, compact, progress, with_schema
 from rae_ray.stages.annotate import NO_IMAGE
 from rae_ray.stages.captions import CAPTION_COLUMNS
 from rae_ray.stages.common import USAGE_COLUMNS, LLMStageConfig
@@ -85,6 +85,12 @@ def conform(batch: pa.Table, spec_output: list[str]) -> pa.Table:
     return pa.table(columns)
 
 
+def output_schema(spec: StageSpec) -> pa.Schema:
+    """The columns and types a stage's output has, hits and new results alike."""
+    stored = pa.table({STORED_PREFIX + name: pa.array([], dtype) for name, dtype in spec.stored.items()})
+    return hits_as_output(stored, spec.output, spec.stored).schema
+
+
 def lookup(store: LabelStore, ds, spec: StageSpec, num_partitions: int):
     """(hits, misses): the rows of `ds` the store answers, in the stage's output layout, and the others as given.
 
@@ -131,7 +137,13 @@ class KeyedStage:
 
 def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, compute: StageComputeConfig, *,
                  store: LabelStore | None, run_id: str, parts: int, prepare_misses=None):
-    """Store lookup -> actor pool on the misses (each batch published to the store by the actor) -> hits + new."""
+    """Store lookup -> actor pool on the misses (each batch published to the store by the actor) -> hits + new.
+
+    Nothing to do (no row: every image refused, every pair unjudgeable) is an empty output with the stage's columns.
+    """
+    ds = ds.materialize()
+    if ds.count() == 0:
+        return with_schema(ds, output_schema(spec))
     if store is None:
         misses = ds
         hits = None
@@ -140,7 +152,7 @@ def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, c
         if misses.count() == 0:  # everything was in the store: no actor pool to start
             hits = hits.materialize()
             progress(f"{spec.name}: all {hits.count()} from the label store")
-            return hits
+            return with_schema(hits, output_schema(spec))
     if prepare_misses is not None:
         misses = prepare_misses(misses)
     publish = None

@@ -8,15 +8,15 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from rae_ray.io import s3_endpoint
-from rae_ray.labelstore.cached import CAPTION_SPEC, cached_stage
+from rae_ray.io import join_uri, s3_endpoint
+from rae_ray.labelstore.cached import CAPTION_SPEC, cached_stage, output_schema
 from rae_ray.labelstore.keys import add_caption_ids
 from rae_ray.llm.prompts import CAPTION_PROMPT_VERSION
-from rae_ray.runtime import Job, actor_map, compact, progress, to_polars, write
+from rae_ray.runtime import Job, actor_map, compact, left_join, progress, to_polars, with_schema, write
 from rae_ray.stages.annotate import NO_IMAGE
-from rae_ray.stages.captions import CaptionStage
+from rae_ray.stages.captions import CAPTION_COLUMNS, CaptionStage
 from rae_ray.stages.common import LLMStageConfig
-from rae_ray.stages.images import ImageStage, ImageStageConfig
+from rae_ray.stages.images import IMAGE_SCHEMA, ImageStage, ImageStageConfig
 
 
 @dataclass
@@ -36,20 +36,25 @@ def attach_images(job: Job, pairs, caption_config: LLMStageConfig | None) -> tup
     config = job.config
     mode = config.images.mode
     if mode == "text" or "image_url" not in pairs.columns():
-        return pairs.map_batches(
-            lambda b: b.append_column("image_status", pa.array([NO_IMAGE] * b.num_rows, pa.string())),
-            batch_format="pyarrow",
-        ), Images(), {}
+        return pairs.map_batches(_without_images, batch_format="pyarrow"), Images(), {}
     urls = pairs.filter(expr=col("image_url").is_not_null() & col("pair_error").is_null()).groupby(
         "image_url", num_partitions=job.parts).count().select_columns(["image_url"])
     stage_config = ImageStageConfig(
         images=config.images, s3_endpoint_url=s3_endpoint(config.storage.s3_endpoint_url),
         s3_region=config.storage.s3_region, max_concurrent_requests=config.compute.images.max_concurrent_requests,
     )
-    fetched = compact(actor_map(urls, ImageStage, {"config": stage_config}, config.compute.images).materialize())
+    fetched = actor_map(urls, ImageStage, {"config": stage_config}, config.compute.images).materialize()
+    fetched = with_schema(compact(fetched), IMAGE_SCHEMA)  # no product with an image: no row, same columns
     counts = {"images": fetched.count()}
     progress(f"images: {counts['images']} unique URLs fetched")
     images = Images(fetched=fetched)
+    if counts["images"] == 0:  # no product has an image: nothing to caption or join, every pair is judged on text
+        if mode == "caption":
+            images.captioned = with_schema(fetched, output_schema(CAPTION_SPEC))
+            images.captions = images.captioned.select_columns(CAPTION_COLUMNS)
+            job.storage.write_table(join_uri(job.layout.path("captions"), "captions-empty.parquet"),
+                                    output_schema(CAPTION_SPEC).empty_table().select(CAPTION_COLUMNS))
+        return pairs.map_batches(_without_images, batch_format="pyarrow").materialize(), images, counts
     if mode == "caption":
         keyed = fetched.map_batches(add_caption_ids, batch_format="pyarrow", fn_kwargs={"model": config.llm.captions.model})
         # One vision call per unique image: URLs whose bytes make the same image share a caption_id, and one row
@@ -67,9 +72,12 @@ def attach_images(job: Job, pairs, caption_config: LLMStageConfig | None) -> tup
     else:
         side = fetched.select_columns(["image_url", "image_id", "image_status"])
         images.data_urls = fetched.select_columns(["image_url", "image_data_url"])
-    with_images = pairs.join(side, join_type="left_outer", num_partitions=job.parts, on=("image_url",)).map_batches(
-        _no_image_status, batch_format="pyarrow")
+    with_images = left_join(pairs, side, ("image_url",), job.parts).map_batches(_no_image_status, batch_format="pyarrow")
     return with_images.materialize(), images, counts
+
+
+def _without_images(batch: pa.Table) -> pa.Table:
+    return batch.append_column("image_status", pa.array([NO_IMAGE] * batch.num_rows, pa.string()))
 
 
 def _first_row(group: pa.Table) -> pa.Table:
@@ -106,8 +114,8 @@ def _captions_per_url(job: Job, keyed, captioned):
         join_key, batch_format="pyarrow")
     by_image = captioned.select_columns(["image_id", "caption", "model", "prompt_version", "cache_hit", "error"])
     by_image = by_image.rename_columns({"image_id": "image_key", "caption": "image_caption", "error": "caption_error"})
-    return urls.join(by_image, join_type="left_outer", num_partitions=job.parts, on=("image_key",)).map_batches(
-        lay_out, batch_format="pyarrow")
+    # No image captioned (every fetch failed): no row to join, each URL gets its fetch problem as the error.
+    return left_join(urls, by_image, ("image_key",), job.parts).map_batches(lay_out, batch_format="pyarrow")
 
 
 def _no_image_status(batch: pa.Table) -> pa.Table:

@@ -8,7 +8,7 @@ from typing import Any
 from rae_ray.labelstore.cached import LABEL_SPEC, cached_stage
 from rae_ray.labelstore.keys import add_label_keys
 from rae_ray.llm.prompts import ANNOTATION_PROMPT_VERSION
-from rae_ray.runtime import Job, write
+from rae_ray.runtime import Job, left_join, write
 from rae_ray.stages.annotate import AnnotateStage
 from rae_ray.stages.common import LLMStageConfig
 from rae_ray.steps.images import Images
@@ -25,9 +25,9 @@ def write_labels(job: Job, pairs, guidelines, images: Images, stage_config: LLMS
     guideline_text = guidelines.select_columns(["query", "guideline", "error"]).rename_columns({"error": "guideline_error"})
 
     def with_guidelines(misses):
-        misses = misses.join(guideline_text, join_type="left_outer", num_partitions=job.parts, on=("query",))
+        misses = left_join(misses, guideline_text, ("query",), job.parts)
         if images.data_urls is not None:  # direct mode: the image bytes travel only with the pairs sent to the judge
-            misses = misses.join(images.data_urls, join_type="left_outer", num_partitions=job.parts, on=("image_url",))
+            misses = left_join(misses, images.data_urls, ("image_url",), job.parts)
         return misses
 
     labels = cached_stage(keyed, LABEL_SPEC, AnnotateStage, stage_config, job.config.compute.annotate,

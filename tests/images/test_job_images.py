@@ -91,3 +91,38 @@ def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inp
         else:
             assert caption_calls == 0
             assert labels["caption_id"].null_count() == labels.height
+
+
+REFUSED = {"r1": "http://169.254.169.254/latest/meta-data/iam/security-credentials/",  # the cloud metadata address
+           "r2": "file:///etc/passwd", "r3": "http://169.254.169.254/computeMetadata/v1/"}
+
+
+@pytest.mark.parametrize("urls", ["refused", "none"])
+def test_pairs_are_judged_on_text_when_no_image_can_be_had(ray_local, sim, tmp_path, urls):
+    """Every image refused (or no product with an image at all): no image reaches the judge, every pair is still
+    judged on its text, its label says why, and the run succeeds in caption and in direct mode."""
+    catalog = pl.DataFrame({"product_id": list(REFUSED), "title": ["Red ceramic mug", "Blue mug", "Mug rack"],
+                            "image_url": list(REFUSED.values()) if urls == "refused" else [None] * len(REFUSED)},
+                           schema={"product_id": pl.String, "title": pl.String, "image_url": pl.String})
+    catalog.write_parquet(tmp_path / "catalog.parquet")
+    pl.DataFrame([{"query": q, "ranker": "a", "rank": rank, "product_id": p}
+                  for q in QUERIES for rank, p in enumerate(REFUSED, 1)]).write_parquet(tmp_path / "log.parquet")
+    for mode in ("caption", "direct"):
+        config = base_config(sim.base_url, tmp_path / f"out-{mode}", run_id=mode,
+                             input={"log": str(tmp_path / "log.parquet"), "catalog": str(tmp_path / "catalog.parquet")},
+                             images={"mode": mode})
+        config["llm"]["captions"] = {"model": "sim-vision"}
+        result = run(config_from_dict(config))
+        labels = read_output(tmp_path / f"out-{mode}" / mode, "labels")
+        assert labels.height == len(QUERIES) * len(REFUSED), mode
+        assert labels["grade"].null_count() == 0 and labels["error"].null_count() == labels.height, mode
+        expected = "refused" if urls == "refused" else "none"
+        assert set(labels["image_status"]) == {expected}, mode
+        assert labels["caption_id"].null_count() == labels["image_id"].null_count() == labels.height
+        assert result.manifest["status"] == "succeeded" and result.manifest["labelled"] == labels.height
+        if urls == "refused":
+            assert result.manifest["images"]["by_status"] == {"refused": len(REFUSED)}
+            errors = read_output(tmp_path / f"out-{mode}" / mode, "errors").filter(pl.col("stage") == "images")
+            assert errors.height == len(REFUSED) and errors["reason"].str.contains("169.254.169.254|scheme").all()
+        if mode == "caption":
+            assert result.manifest["llm_calls"]["captions"] == 0
