@@ -329,6 +329,11 @@ class ImageConfig(_Model):
         default_factory=list,
         description="Hosts fetched even if they resolve to loopback/private addresses (e.g. a test image server).",
     )
+    allow_buckets: list[str] = Field(
+        default_factory=list,
+        description="S3 buckets s3:// image URLs may name; an image in any other bucket is refused (the workers "
+        "can read more than product photos, and what they fetch goes to the LLM endpoint).",
+    )
 
 
 class StorageConfig(_Model):

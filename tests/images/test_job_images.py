@@ -51,12 +51,13 @@ def expected_grade(query: str, product: str, text_grade: int) -> int:
     return text_grade if colour is None else (2 if query.startswith(colour) else 1)
 
 
-def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inputs):
+def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inputs, s3_bucket):
     labels_by_mode = {}
     for mode in ("caption", "direct"):
         config = base_config(sim.base_url, inputs / f"out-{mode}", run_id=mode,
                              input={"log": str(inputs / "log.parquet"), "catalog": str(inputs / "catalog.parquet")},
-                             images={"mode": mode, "allow_hosts": ["127.0.0.1"], "timeout_s": 5})
+                             images={"mode": mode, "allow_hosts": ["127.0.0.1"], "allow_buckets": [s3_bucket],
+                                     "timeout_s": 5})
         config["llm"]["captions"] = {"model": "sim-vision"}
         # One image per batch: a copy of an image in another batch must still not be captioned again.
         config.setdefault("compute", {})["captions"] = {"batch_size": 1, "max_actors": 2}
