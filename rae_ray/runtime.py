@@ -71,12 +71,36 @@ def progress(message: str) -> None:
     logging.getLogger("rae_ray.progress").info(message)
 
 
+class _NotForTheConsole(logging.Filter):
+    """Ray Data's console warnings a person running the job has no use for."""
+
+    HIDDEN = ("Progress bars disabled",  # no terminal: the job turned them off
+              "Truncating long operator name")  # a progress bar's label was shortened
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.HIDDEN)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's execution plans, per-dataset summaries and (without a terminal) progress lines go to its log file
+    (`logs/ray-data/ray-data.log` in the Ray session folder) instead of the console; its warnings stay on the
+    console. Progress bars on a terminal are not log records: they stay."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console; the session file handler is not one
+            handler.setLevel(max(handler.level, logging.WARNING))
+            if not any(isinstance(f, _NotForTheConsole) for f in handler.filters):
+                handler.addFilter(_NotForTheConsole())
+
+
 def ensure_ray(config: RunConfig) -> None:
     """Join the configured or ambient Ray cluster, or start a local one."""
     import ray
 
     from ray.data.context import ShuffleStrategy
 
+    quiet_ray_data()
     context = ray.data.DataContext.get_current()
     context.shuffle_strategy = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED,
                                 "hash": ShuffleStrategy.HASH_SHUFFLE}[config.compute.shuffle]
@@ -90,7 +114,9 @@ def ensure_ray(config: RunConfig) -> None:
         address="local" if local else address,
         num_cpus=config.compute.num_cpus if local else None,
         include_dashboard=False if local else None,
-        log_to_driver=True,
+        # A local run prints only its own lines: the workers' output (Ray's, e.g. a worker's exit trace; the stage
+        # actors print nothing) stays in the session's log files, errors still reach the driver as exceptions.
+        log_to_driver=not local,
         logging_level=logging.WARNING,
     )
     context.enable_progress_bars = sys.stderr.isatty()
