@@ -50,7 +50,7 @@ def synthetic_log(pairs_wanted: int, out: Path) -> int:
 def child(pairs_wanted: int) -> None:
     """One run in this process; prints JSON with the driver's peak RSS."""
     from rae_ray.config import config_from_dict
-    from rae_ray.pipeline import run
+    from rae_ray.job import run
     from rae_ray.sim.process import SimProcess
 
     sampler = Sampler().start()
@@ -84,9 +84,8 @@ class Sampler:
     """Samples this process's RSS (tagged with the step the job last announced) and the LLM-stage actors' RSS."""
 
     def __init__(self, every_s: float = 0.25):
+        import logging
         import threading
-
-        from rae_ray import pipeline
 
         self.every_s = every_s
         self.samples: list[tuple[str, float]] = []
@@ -94,13 +93,16 @@ class Sampler:
         self.step = "start"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
-        announce = pipeline.progress
+        sampler = self
 
-        def progress(message: str) -> None:  # the job's own progress lines name its steps
-            self.step = message.split(":")[0].split(" ")[0] if ":" in message else self.step
-            announce(message)
+        class StepNames(logging.Handler):  # the job's own progress lines (logger rae_ray.progress) name its steps
+            def emit(self, record: logging.LogRecord) -> None:
+                message = record.getMessage()
+                sampler.step = message.split(":")[0].split(" ")[0] if ":" in message else sampler.step
 
-        pipeline.progress = progress
+        steps = logging.getLogger("rae_ray.progress")
+        steps.setLevel(logging.INFO)
+        steps.addHandler(StepNames())
 
     def start(self) -> "Sampler":
         self._thread.start()

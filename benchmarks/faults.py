@@ -89,7 +89,7 @@ def main() -> int:
     parser.add_argument("--out", help="working folder (default: a temporary one)")
     args = parser.parse_args()
 
-    from rae_ray.pipeline import run
+    from rae_ray.job import run
 
     folder = Path(args.out or tempfile.mkdtemp(prefix="rae-faults-"))
     folder.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from typing import Any
 import polars as pl
 
 from rae_ray.config import config_from_dict
-from rae_ray.pipeline import run
+from rae_ray.job import run
 from rae_ray.sim.process import SimProcess
 
 COLOURS = {"red": (200, 30, 30), "blue": (30, 60, 200), "green": (30, 160, 60)}

@@ -5,7 +5,7 @@ PyPI packages only) and serves it on 127.0.0.1; `--base-url URL --model NAME` ta
 (its key from `--api-key-env`). On a fixed slice of the bundled chorus sample (every 9th query, `--queries`, cut at
 `--k`), in one run:
 (1) `rae-ray estimate` of the run, before any call: calls and tokens it predicts;
-(2) the job (`rae_ray.pipeline.run`, text mode, human labels on): agreement with people next to the
+(2) the job (`rae_ray.job.run`, text mode, human labels on): agreement with people next to the
     human-vs-human baseline (the chorus raters), and its judgement calls/s: annotate calls over the annotate
     step's wall time (store lookup, actor start-up and label writing included);
 (3) a bare `AsyncOpenAI` loop sending the same judgement requests (the job's own prompts and guidelines, the same
@@ -38,7 +38,7 @@ from rae_ray.io import sample_dir
 from rae_ray.llamacpp import LlamaServer
 from rae_ray.llm.prompts import annotation_messages
 from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, judgement_format
-from rae_ray.pipeline import ensure_ray, run
+from rae_ray.job import ensure_ray, run
 from rae_ray.stages.annotate import product_for_prompt
 
 MIN_RATIO = 0.8

@@ -90,7 +90,7 @@ def main() -> int:
 
     import ray
 
-    from rae_ray.pipeline import run
+    from rae_ray.job import run
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     figures: dict[str, object] = {"unique_pairs": pairs_of(log).height, "queries": log["query"].n_unique()}

@@ -2,7 +2,7 @@
 
 Starts the simulated endpoint (1,000 ms latency, at most 64 requests in flight), then, in one run:
 (a) a bare `AsyncOpenAI` loop, 64 requests at a time: the endpoint's ceiling in LLM calls/s;
-(b) the whole job (`rae_ray.pipeline.run`) on a log generated from the bundled chorus sample (query variants and
+(b) the whole job (`rae_ray.job.run`) on a log generated from the bundled chorus sample (query variants and
     a synthetic ranker version that lists other catalog products; >= 10,000 unique pairs), guidelines included:
     all its LLM calls over the job's wall time from `run()` to the last labels file written, pairs/s, and
     CPU-seconds per 1,000 pairs;
@@ -51,7 +51,7 @@ from rae_ray.config import config_from_dict
 from rae_ray.io import sample_dir
 from rae_ray.llm.prompts import annotation_messages
 from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, RelevanceJudgement, response_format
-from rae_ray.pipeline import run
+from rae_ray.job import run
 from rae_ray.sim.judge import DEFAULT_SCALE, make_guideline
 from rae_ray.sim.process import SimProcess
 from rae_ray.stages.annotate import product_for_prompt
@@ -284,7 +284,7 @@ def job_config(sim_url: str, data: dict[str, Any], out: Path, rpm: int | None) -
                                 "backoff_max_s": 5}
     if rpm is not None:
         endpoint["rpm"] = rpm
-    # Each actor gets max_in_flight // max_actors requests at once (pipeline._stage_config); min = max actors so
+    # Each actor gets max_in_flight // max_actors requests at once (runtime.stage_config); min = max actors so
     # the pool does not have to scale up while the clock runs. 2 batches of 64 rows per actor keep its semaphore
     # full while the next batch arrives.
     annotate = {"min_actors": 2, "max_actors": 2, "batch_size": 64, "max_concurrent_requests": 32,
@@ -302,7 +302,7 @@ def job_config(sim_url: str, data: dict[str, Any], out: Path, rpm: int | None) -
 
 
 def start_private_ray() -> None:
-    """A local Ray of this benchmark alone, started as `pipeline.ensure_ray` starts one (no dashboard, all CPUs).
+    """A local Ray of this benchmark alone, started as `runtime.ensure_ray` starts one (no dashboard, all CPUs).
 
     `address="local"`: a bare `ray.init()` joins whatever Ray another process runs on the machine (and dies with
     it); a temp dir of its own: nobody else's bare `ray.init()` finds this one and puts work on its CPUs.

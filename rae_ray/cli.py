@@ -65,7 +65,7 @@ def _print_result(result, k: int) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rae_ray.pipeline import run
+    from rae_ray.job import run
     from rae_ray.sim.process import SimProcess
 
     out = args.out or os.path.join("rae-output", "demo-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
@@ -92,7 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rae_ray.pipeline import run
+    from rae_ray.job import run
 
     config = load_config(args.config, args.set or [])
     result = run(config)

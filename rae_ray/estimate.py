@@ -11,13 +11,13 @@ guideline), which a caching provider bills as cached after the query's first pro
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 
 from rae_ray.config import RunConfig
-from rae_ray.labelstore import add_label_keys
+from rae_ray.labelstore.keys import add_label_keys
 from rae_ray.llm.client import prompt_tokens
 from rae_ray.llm.prompts import annotation_messages, annotation_prompt_version, guideline_messages
 from rae_ray.manifest import stage_cost
@@ -77,24 +77,11 @@ def annotation_prompt_tokens(batch: pa.Table, scale: list[dict], guideline_chars
     })
 
 
-def _stored_mean_output(job, kind: str, model: str) -> float | None:
-    """Mean completion tokens of this model's stored results (the label store keeps the usage columns)."""
-    import polars as pl
-
-    if job.store is None or not job.store.shards(kind):
-        return None
-    fs, _ = job.storage.fs(job.store.uri)
-    frame = pl.concat([pl.from_arrow(pa.parquet.read_table(f, filesystem=fs, columns=["model", "completion_tokens"]))
-                       for f in job.store.shards(kind)[:200]])
-    frame = frame.filter((pl.col("model") == model) & (pl.col("completion_tokens") > 0))
-    return float(frame["completion_tokens"].mean()) if frame.height else None
-
-
 def _output_tokens(job, stage: str, kind: str) -> tuple[int, str]:
     model = getattr(job.config.llm, stage)
     if model.expected_output_tokens is not None:
         return model.expected_output_tokens, "config"
-    stored = _stored_mean_output(job, kind, model.model)
+    stored = job.store.mean_completion_tokens(kind, model.model) if job.store is not None else None
     if stored is not None:
         return round(stored), "label store"
     return DEFAULT_OUTPUT_TOKENS[stage], "default"
@@ -108,30 +95,29 @@ def _price(config: RunConfig, stage: str, estimate: StageEstimate) -> float | No
 
 def estimate(config: RunConfig) -> Estimate:
     """Counts, tokens and cost of running `config`, without any LLM call."""
-    import pyarrow.parquet  # noqa: F401  (pa.parquet in _stored_mean_output)
     from ray.data.aggregate import Count, Sum
     from ray.data.expressions import col
 
-    from rae_ray.pipeline import (
-        GUIDELINE_SPEC, LABEL_SPEC, STORED_PREFIX, build_pairs, ensure_ray, make_job, read_log, validate,
-    )
+    from rae_ray.job import open_job
+    from rae_ray.labelstore.cached import GUIDELINE_SPEC, LABEL_SPEC, lookup
+    from rae_ray.runtime import ensure_ray, partitions
+    from rae_ray.steps.retrieve import build_pairs, read_log
 
     if config.images.mode != "text":
         raise ValueError("rae-ray estimate covers images.mode 'text' only for now")
-    job = make_job(config)
-    inputs = validate(job, check_endpoints=False)
+    job, inputs = open_job(config, check_endpoints=False)
     ensure_ray(config)
-    _, selected, _ = read_log(job, inputs)
-    pairs = build_pairs(job, inputs, selected)
+    log, counts = read_log(job, inputs)
+    job = replace(job, parts=partitions(counts["rows_selected"], config))
+    pairs, counts = build_pairs(job, inputs, log.selected)
     scale = config.scale.as_dicts()
-    result = Estimate(pairs_unique=job.counts["pairs_unique"], queries=0)
+    result = Estimate(pairs_unique=counts["pairs_unique"], queries=0)
 
     def misses_of(ds, spec):
         if job.store is None:
             return ds, 0
-        looked = job.store.lookup(ds, spec.store_kind, spec.key, spec.stored, STORED_PREFIX, job.parts).materialize()
-        hit = col(STORED_PREFIX + next(iter(spec.stored))).is_not_null()
-        return looked.filter(expr=~hit), looked.filter(expr=hit).count()
+        hits, misses = lookup(job.store, ds, spec, job.parts)
+        return misses, hits.count()
 
     from ray.data.aggregate import Max
 

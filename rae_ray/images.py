@@ -17,7 +17,9 @@ Safety, by default (a host named in `ImageConfig.allow_hosts` skips the address 
 - the declared size is checked against `max_pixels` before any pixel is decoded (decompression bombs), and
   Pillow's own bomb guard is caught; only common raster formats are decoded (no EPS/PostScript, no plugins).
 s3:// objects are read with boto3 from the configured endpoint (an operator's choice, not checked against the
-address rules), with the same byte, pixel and time limits.
+address rules), only from buckets named in `ImageConfig.allow_buckets` (none by default: the workers' credentials
+may reach much more than product photos, and a fetched image is sent to the LLM endpoint), with the same byte,
+pixel and time limits.
 """
 
 from __future__ import annotations
@@ -228,6 +230,7 @@ class ImageFetcher:
                  decode_concurrency: int = 2) -> None:
         self.config = config
         self.allow_hosts = frozenset(_host_key(h) for h in config.allow_hosts)
+        self.allow_buckets = frozenset(config.allow_buckets)
         self.s3_endpoint_url = s3_endpoint_url
         self.s3_region = s3_region
         self.decode_concurrency = decode_concurrency
@@ -263,7 +266,12 @@ class ImageFetcher:
             raise FetchError("refused", f"{where} scheme {parsed.scheme or '(none)'!r}: only {', '.join(schemes)}")
         if not parsed.raw_host:
             raise FetchError("refused", "URL has no host")
-        if parsed.scheme.lower() == "s3" or _host_key(parsed.raw_host) in self.allow_hosts:
+        if parsed.scheme.lower() == "s3":
+            bucket = url[len("s3://"):].partition("/")[0]  # as `_get_s3` reads it: the bucket checked is the one read
+            if bucket not in self.allow_buckets:
+                raise FetchError("refused", f"s3 bucket {bucket[:100]!r} is not in images.allow_buckets")
+            return parsed
+        if _host_key(parsed.raw_host) in self.allow_hosts:
             return parsed
         if parsed.user is not None or parsed.password is not None:
             raise FetchError("refused", "URL carries credentials")

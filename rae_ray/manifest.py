@@ -42,7 +42,7 @@ def stage_cost(config: RunConfig, stage: str, usage: dict[str, Any]) -> float | 
     if price is None:
         return None
     uncached = usage["prompt_tokens"] - usage["cached_tokens"]
-    factor = price.batch_factor if getattr(config.llm, stage).batch else 1.0
+    factor = price.batch_factor if getattr(getattr(config.llm, stage), "batch", False) else 1.0
     return factor * (
         uncached * price.input_per_1m + usage["cached_tokens"] * price.cached_input_per_1m
         + usage["completion_tokens"] * price.output_per_1m

@@ -120,7 +120,8 @@ def rater_columns(config: RunConfig) -> dict[str, str]:
 
 
 def run_sweep(sweep_id: str, configs: dict[str, RunConfig]) -> SweepResult:
-    from rae_ray.pipeline import make_job, progress, run
+    from rae_ray.job import run
+    from rae_ray.runtime import make_job, progress
 
     frames = []
     judge_runs = []
@@ -153,7 +154,9 @@ def sweep_table(result: SweepResult, metric: str = "ndcg", k: int = 10) -> str:
     if table.is_empty():
         return f"(no {metric}@{k} in the sweep)"
     wide = table.pivot(on="variant", index="ranker", values="value").sort("ranker")
-    variants = [c for c in wide.columns if c != "ranker"]
+    # A variant without this cut-off (its k is below it) shows "-": metrics.ks never exceed k.
+    variants = result.comparison["variant"].unique(maintain_order=True).to_list()
+    wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(v) for v in variants if v not in wide.columns)
     width = max(10, *(len(v) for v in variants))
     lines = [f"{metric}@{k}".ljust(14) + "".join(v.rjust(width + 2) for v in variants)]
     for row in wide.iter_rows(named=True):

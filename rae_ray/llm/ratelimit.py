@@ -122,6 +122,10 @@ class Budget:
         return {"cost_usd": self.cost_usd, "granted": self.granted, "stopped": self.stopped}
 
 
+# The Ray namespace of the run's named budget actor, where every stage actor looks it up.
+BUDGET_NAMESPACE = "rae-ray"
+
+
 def budget_actor_class():
     """The Ray actor class (built lazily so that importing this module does not import Ray)."""
     import ray

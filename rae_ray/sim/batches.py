@@ -30,8 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
-from rae_ray.sim.refusals import ApiError, check_modes
-from rae_ray.sim.server import SimServer, _malformed, _read_prompt, _render, _task, answer
+from rae_ray.sim.protocol import ApiError, answer, completion_body, read_prompt, render, task_of
+from rae_ray.sim.refusals import check_modes
 
 BATCH_ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOWS = ("24h",)
@@ -105,9 +105,13 @@ class _InvalidFile(Exception):
 
 
 class BatchService:
-    """Files and batches of one simulated endpoint; answers with the endpoint's judge, in the background."""
+    """Files and batches of one simulated endpoint; answers with the endpoint's judge, in the background.
 
-    def __init__(self, server: SimServer, validating_s: float = 0.1, finalizing_s: float = 0.05,
+    `server` is the endpoint's `SimServer`: its key check (`check_auth`), fault draws (`faults`) and prompt-prefix
+    cache (`prefixes`) apply to batches as to online calls.
+    """
+
+    def __init__(self, server: Any, validating_s: float = 0.1, finalizing_s: float = 0.05,
                  lines_per_tick: int = 200, tick_s: float = 0.005):
         self.server = server
         self.validating_s, self.finalizing_s = validating_s, finalizing_s
@@ -120,7 +124,7 @@ class BatchService:
     # -- files
 
     async def create_file(self, request: web.Request) -> web.Response:
-        self.server._check_auth(request)
+        self.server.check_auth(request)
         try:
             reader = await request.multipart()
         except (AssertionError, ValueError, KeyError) as error:
@@ -152,14 +156,14 @@ class BatchService:
         return stored
 
     def _file(self, request: web.Request) -> StoredFile:
-        self.server._check_auth(request)
+        self.server.check_auth(request)
         file_id = request.match_info["file_id"]
         if file_id not in self.files:
             raise ApiError(404, f"No such File object: {file_id}", param="id")
         return self.files[file_id]
 
     async def list_files(self, request: web.Request) -> web.Response:
-        self.server._check_auth(request)
+        self.server.check_auth(request)
         purpose = request.query.get("purpose")
         data = [f.as_json() for f in self.files.values() if purpose in (None, f.purpose)]
         return web.json_response({"object": "list", "data": data, "has_more": False})
@@ -180,7 +184,7 @@ class BatchService:
     # -- batches
 
     async def create_batch(self, request: web.Request) -> web.Response:
-        self.server._check_auth(request)
+        self.server.check_auth(request)
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -210,7 +214,7 @@ class BatchService:
         return web.json_response(batch.as_json())
 
     def _batch(self, request: web.Request) -> SimBatch:
-        self.server._check_auth(request)
+        self.server.check_auth(request)
         batch_id = request.match_info["batch_id"]
         if batch_id not in self.batches:
             raise ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
@@ -221,7 +225,7 @@ class BatchService:
         return web.json_response(self._batch(request).as_json())
 
     async def list_batches(self, request: web.Request) -> web.Response:
-        self.server._check_auth(request)
+        self.server.check_auth(request)
         batches = sorted(self.batches.values(), key=lambda b: b.created_at, reverse=True)
         data = [b.as_json() for b in batches]
         return web.json_response({"object": "list", "data": data, "has_more": False,
@@ -337,10 +341,10 @@ class BatchService:
         server = self.server
         self.counters["batch_requests"] += 1
         try:
-            prompt = _read_prompt(body)
+            prompt = read_prompt(body)
             check_modes(server.config, body, prompt.prompt_tokens, len(prompt.image_urls))
-            task = _task(prompt)
-            injected = server._injected_error()
+            task = task_of(prompt)
+            injected = server.faults.draw()
             if injected not in (None, "malformed"):
                 self.counters["batch_injected_errors"] += 1
                 raise ApiError(500, "The server had an error while processing your request (injected, simulated).",
@@ -349,10 +353,10 @@ class BatchService:
             cached = prompt.prefix_tokens if server.prefixes.seen_before(prompt.prefix_key) else 0
             if injected == "malformed":
                 self.counters["batch_injected_errors"] += 1
-                content = _malformed(reply, server.error_rng)
+                content = server.faults.malformed(reply)
             else:
-                content = _render(reply, prompt.wants_json)
-            completion, completion_tokens = server._completion(prompt, content, cached)
+                content = render(reply, prompt.wants_json)
+            completion, completion_tokens = completion_body(prompt, content, cached)
         except ApiError as error:
             return error.status, error.body()
         batch.usage["input"] += prompt.prompt_tokens
@@ -378,7 +382,7 @@ def _answering_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def register_batch_routes(app: web.Application, server: SimServer, **timing: Any) -> BatchService:
+def register_batch_routes(app: web.Application, server: Any, **timing: Any) -> BatchService:
     """Add the Files and Batch routes to the simulated endpoint's app; returns the service (its state)."""
     service = BatchService(server, **timing)
     routes = [

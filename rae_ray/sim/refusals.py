@@ -1,4 +1,4 @@
-"""Errors in OpenAI's shape, and the endpoint modes that refuse what real servers refuse.
+"""The endpoint modes that refuse what real servers refuse.
 
 Each mode answers with the status code and message shape measured on the real server it copies: a model without
 vision (llama.cpp's `llama-server` without its mmproj: HTTP 500), a small context (llama.cpp: HTTP 400
@@ -11,30 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import web
-
 from rae_ray.sim.config import SimConfig
+from rae_ray.sim.protocol import ApiError
 
 REASONING_EFFORTS = ("minimal", "low", "medium", "high")
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code", ...extra}}."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | int | None = None,
-                 param: str | None = None, headers: Mapping[str, str] | None = None,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
-        self.headers = dict(headers or {})
-        self.extra = dict(extra or {})
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
-                          **self.extra}}
-
-    def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.status, headers=self.headers)
 
 
 def check_modes(config: SimConfig, body: Mapping[str, Any], prompt_tokens: int, images: int) -> None:

@@ -13,7 +13,9 @@ from rae_ray.llm.client import CallResult
 from rae_ray.llm.prompts import annotation_messages, annotation_prompt_version
 from rae_ray.llm.protocol import IMAGE_UNSUPPORTED
 from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, RelevanceJudgement, judgement_format
-from rae_ray.stages.common import LLMStageConfig, gather_calls, make_client, missing_columns, usage_columns
+from rae_ray.stages.common import (
+    LLMStageConfig, gather_calls, make_client, missing_columns, stage_api_key, usage_columns,
+)
 
 # Longer product text is cut before it reaches a prompt (a 1 MB title must not become a 1 MB request).
 MAX_FIELD_CHARS = {"title": 500, "brand": 200, "category": 300, "description": 2000, "attributes": 2000}
@@ -113,7 +115,7 @@ class AnnotateStage:
         """One result per row (None where there is nothing to send): online calls gathered under the client's
         semaphore, or, in batch mode, one provider batch for the lot."""
         model = self.config.model
-        if not model.batch:
+        if not getattr(model, "batch", False):  # AnnotateModelConfig.batch
             return await gather_calls([
                 None if m is None else self.client.structured(
                     m, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model, check=self._check,
@@ -133,7 +135,7 @@ class AnnotateStage:
         # The same requests find the same state again (a rerun picks up the batch it submitted before).
         name = hashlib.sha256(json.dumps(sorted(r.custom_id for r in requests)).encode()).hexdigest()[:20]
         runner = BatchRunner(
-            self.config.endpoint, self.config.api_key, join_uri(self.config.batch_state_uri, name),
+            self.config.endpoint, stage_api_key(self.config), join_uri(self.config.batch_state_uri, name),
             storage=Storage(self.config.s3_endpoint_url, self.config.s3_region), poll_interval_s=model.batch_poll_s,
             completion_window=model.batch_completion_window, metadata={"rae_ray_stage": "annotate"},
         )

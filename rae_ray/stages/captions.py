@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 
 import pyarrow as pa
 
 from rae_ray.images import image_id
+from rae_ray.labelstore.keys import add_caption_ids
 from rae_ray.llm.client import CallResult
 from rae_ray.llm.protocol import IMAGE_UNSUPPORTED
 from rae_ray.llm.prompts import CAPTION_PROMPT_VERSION, caption_messages
@@ -18,27 +17,6 @@ from rae_ray.stages.common import LLMStageConfig, gather_calls, make_client, mis
 CAPTION_COLUMNS = [
     "image_url", "image_id", "caption_id", "caption", "image_status", "model", "prompt_version", "cache_hit", "error",
 ]
-
-
-def caption_id(image: str, model: str, prompt_version: str = CAPTION_PROMPT_VERSION) -> str:
-    """Everything that decides a caption, hashed: the image's content id (see `images.image_id`), model, prompt."""
-    key = json.dumps([image, model, prompt_version])
-    return hashlib.sha256(key.encode()).hexdigest()[:20]
-
-
-def add_caption_ids(batch: pa.Table, model: str) -> pa.Table:
-    """Add `caption_id` to ImageStage rows (null unless the fetch succeeded), e.g. to look captions up in a store."""
-    ids = [
-        caption_id(iid or image_id(data_url), model) if status == "ok" and data_url else None
-        for status, data_url, iid in zip(
-            batch.column("image_status").to_pylist(),
-            batch.column("image_data_url").to_pylist(),
-            batch.column("image_id").to_pylist() if "image_id" in batch.column_names else [None] * batch.num_rows,
-        )
-    ]
-    if "caption_id" in batch.column_names:
-        batch = batch.drop_columns(["caption_id"])
-    return batch.append_column("caption_id", pa.array(ids, pa.string()))
 
 
 class CaptionStage:

@@ -8,25 +8,27 @@ from collections.abc import Awaitable, Sequence
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from rae_ray.config import EndpointConfig, Price, StageModelConfig
-from rae_ray.llm.client import CallResult, LLMClient
-from rae_ray.llm.ratelimit import RateBudget
+from rae_ray.config import ConfigError, EndpointConfig, Price, StageModelConfig
+from rae_ray.llm.client import CallResult, FatalEndpointError, LLMClient
+from rae_ray.llm.ratelimit import BUDGET_NAMESPACE, RateBudget
 
 USAGE_COLUMNS = ("llm_calls", "prompt_tokens", "completion_tokens", "cached_tokens", "seconds")
 
 
 class LLMStageConfig(BaseModel):
-    """Everything an LLM stage actor needs, built once by the pipeline."""
+    """Everything an LLM stage actor needs, built once by the job (`runtime.stage_config`).
+
+    No API key: Ray keeps an actor's constructor arguments (to restart it), so the actor reads the variable named
+    by `endpoint.api_key_env` from its own environment (`stage_api_key`).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     endpoint: EndpointConfig
-    api_key: SecretStr
-    model: StageModelConfig
+    model: StageModelConfig  # AnnotateModelConfig (with its batch keys) for the judge
     scale: list[dict]
     max_concurrent_requests: int = 32
     budget_actor: str | None = None
-    budget_namespace: str = "rae-ray"
     price: Price | None = None
     # Annotation: judge against the query's guideline (false: llm.guidelines.enabled off, the judge sees none).
     guidelines: bool = True
@@ -47,11 +49,26 @@ def missing_columns(batch: pa.Table, required: Sequence[str], stage: str) -> Non
         raise KeyError(f"{stage}: input batch lacks column(s) {missing}; has {batch.column_names}")
 
 
+def stage_api_key(config: LLMStageConfig) -> SecretStr:
+    """The key from this process's environment (an actor's: on a cluster, the worker's).
+
+    A worker without it cannot make one call: that stops the run, as a refused key does (`FatalEndpointError`).
+    """
+    try:
+        return config.endpoint.api_key()
+    except ConfigError as error:
+        raise FatalEndpointError(
+            f"{error} on this Ray worker: the stage actors read the key from their own environment, never from the "
+            "driver; give every worker the variable (e.g. in the environment `ray start` runs in)"
+        ) from None
+
+
 def make_client(config: LLMStageConfig) -> LLMClient:
     budget = None
     if config.budget_actor is not None:
-        budget = RateBudget(config.budget_actor, config.budget_namespace, config.limit_key)
-    return LLMClient(config.endpoint, config.api_key, config.max_concurrent_requests, budget=budget, price=config.price)
+        budget = RateBudget(config.budget_actor, BUDGET_NAMESPACE, config.limit_key)
+    return LLMClient(config.endpoint, stage_api_key(config), config.max_concurrent_requests, budget=budget,
+                     price=config.price)
 
 
 async def gather_calls(calls: Sequence[Awaitable[CallResult] | None]) -> list[CallResult | None]:

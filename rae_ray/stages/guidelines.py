@@ -7,7 +7,7 @@ import pyarrow as pa
 from rae_ray.llm.prompts import GUIDELINE_PROMPT_VERSION, guideline_messages
 from rae_ray.llm.schemas import GUIDELINE_SCHEMA_NAME, QueryGuideline
 from rae_ray.stages.common import LLMStageConfig, gather_calls, make_client, missing_columns, usage_columns
-from rae_ray.stages.prepare import guideline_id
+from rae_ray.labelstore.keys import guideline_id
 
 GUIDELINE_COLUMNS = ["query", "guideline_id", "guideline", "model", "prompt_version", "cache_hit", "error"]
 

@@ -11,12 +11,16 @@ from rae_ray.config import ImageConfig
 from rae_ray.images import FetchedImage, ImageFetcher
 from rae_ray.stages.common import missing_columns
 
-IMAGE_COLUMNS = ["image_url", "image_id", "image_status", "image_error", "image_data_url", "image_width", "image_height"]
+IMAGE_SCHEMA = pa.schema([
+    ("image_url", pa.string()), ("image_id", pa.string()), ("image_status", pa.string()), ("image_error", pa.string()),
+    ("image_data_url", pa.string()), ("image_width", pa.int32()), ("image_height", pa.int32()),
+])
+IMAGE_COLUMNS = IMAGE_SCHEMA.names
 NO_IMAGE = "none"
 
 
 class ImageStageConfig(BaseModel):
-    """Everything an image actor needs, built once by the pipeline."""
+    """Everything an image actor needs, built once by the job (`steps.images`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

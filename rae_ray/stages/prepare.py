@@ -1,10 +1,9 @@
-"""Stateless transforms from log rows to unique (query, product) pairs: row checks, selection, dedup, keys."""
+"""Stateless transforms from log rows to unique (query, product) pairs: row checks, selection, dedup."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
 from collections.abc import Iterable
 
 import polars as pl
@@ -16,11 +15,6 @@ LOG_KEY_COLUMNS = ["query", "ranker", "rank", "product_id"]
 # Longer "queries" are not searches (pasted text, logging faults): they would become huge prompts.
 MAX_QUERY_CHARS = 1000
 _UTF8_CHECKED = ("query", "ranker", "product_id")
-
-
-def normalize_query(query: str) -> str:
-    """Case-folded, NFKC, single-spaced: the form under which two queries are the same query."""
-    return " ".join(unicodedata.normalize("NFKC", query).casefold().split())
 
 
 def set_ranker(batch: pa.Table, ranker: str) -> pa.Table:
@@ -247,17 +241,3 @@ def pair_problems(batch: pa.Table) -> pa.Table:
             pl.lit("product has no text (title, brand and description are all empty)")
         )
     return frame.with_columns(error.otherwise(pl.lit(None, dtype=pl.String)).alias("pair_error")).to_arrow()
-
-
-def guideline_id(query: str, model: str, prompt_version: str, scale: list[dict]) -> str:
-    """Everything that decides a guideline, hashed."""
-    key = json.dumps([normalize_query(query), model, prompt_version, scale], sort_keys=True)
-    return hashlib.sha256(key.encode()).hexdigest()[:20]
-
-
-def add_guideline_ids(batch: pa.Table, model: str | None, prompt_version: str, scale: list[dict]) -> pa.Table:
-    """Add `guideline_id` to rows that carry a query; null for all when model is None (guidelines off)."""
-    if model is None:
-        return batch.append_column("guideline_id", pa.nulls(batch.num_rows, pa.string()))
-    ids = [guideline_id(q, model, prompt_version, scale) for q in batch.column("query").to_pylist()]
-    return batch.append_column("guideline_id", pa.array(ids, pa.string()))

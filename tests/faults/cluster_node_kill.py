@@ -43,7 +43,7 @@ def main(folder: Path) -> int:
     from ray.cluster_utils import Cluster
 
     from rae_ray.config import config_from_dict
-    from rae_ray.pipeline import run
+    from rae_ray.job import run
     from rae_ray.sim.process import SimProcess
     from tests.helpers import base_config
 

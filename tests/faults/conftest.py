@@ -24,6 +24,9 @@ from tests.helpers import base_config
 
 PLANTED_KEY = "sk-rae-test-PLANTED-0123456789"
 KEY_ENV = "RAE_FAULTS_TEST_KEY"
+# The stage actors read the key from their own environment, which Ray's workers inherit from the process that
+# starts Ray: the variable is set at collection, before the session's Ray starts, as on a cluster's nodes.
+os.environ.setdefault(KEY_ENV, PLANTED_KEY)
 N_QUERIES = 15  # 317 unique pairs at k = 10
 # The mix: 10% 5xx, 5% 429 with Retry-After, 3% malformed or off-schema, 2% timeouts, plus resets.
 FAULTS = {"error_rate_5xx": 0.10, "error_rate_429": 0.05, "error_rate_malformed": 0.03, "error_rate_timeout": 0.02,

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from pydantic import SecretStr
 
 from rae_ray.cli import main
 from rae_ray.config import ConfigError, EndpointConfig, ScaleConfig, StageModelConfig, config_from_dict
@@ -210,7 +209,7 @@ def test_a_megabyte_title_does_not_make_a_megabyte_request():
         "attributes": MAX_FIELD_CHARS["attributes"]}
     with SimThread(record_requests=4) as sim:
         config = LLMStageConfig(
-            endpoint=EndpointConfig(base_url=sim.base_url, api_key_required=False), api_key=SecretStr("no-key"),
+            endpoint=EndpointConfig(base_url=sim.base_url, api_key_required=False),
             model=StageModelConfig(model="sim-judge"), scale=SCALE)
         stage = AnnotateStage(config)
         batch = pa.Table.from_pylist([{

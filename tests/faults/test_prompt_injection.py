@@ -14,7 +14,6 @@ import urllib.request
 import pyarrow as pa
 import pyarrow.parquet as pq
 from aiohttp import web
-from pydantic import SecretStr
 
 from rae_ray.config import EndpointConfig, ScaleConfig, StageModelConfig
 from rae_ray.io import Storage
@@ -38,7 +37,7 @@ def stage_config(base_url: str, **endpoint) -> LLMStageConfig:
     return LLMStageConfig(
         endpoint=EndpointConfig(base_url=base_url, api_key_required=False, backoff_base_s=0.05, backoff_max_s=0.2,
                                 **endpoint),
-        api_key=SecretStr("no-key"), model=StageModelConfig(model="sim-judge"), scale=SCALE, max_concurrent_requests=4,
+        model=StageModelConfig(model="sim-judge"), scale=SCALE, max_concurrent_requests=4,
     )
 
 

@@ -95,7 +95,7 @@ def test_wrong_key_stops_at_preflight_without_leaking_it(tmp_path, monkeypatch, 
         seconds = time.monotonic() - started
         captured = capsys.readouterr()
         with pytest.raises(FatalEndpointError) as raised:
-            from rae_ray.pipeline import run
+            from rae_ray.job import run
 
             run(config_from_dict(config))
         stats = sim.stats()
@@ -106,6 +106,55 @@ def test_wrong_key_stops_at_preflight_without_leaking_it(tmp_path, monkeypatch, 
     error = raised.value
     assert error.__cause__ is None and error.__suppress_context__
     assert leaks(captured.out + captured.err + caplog.text + str(error) + repr(error.args)) == []
+
+
+def test_the_key_is_in_no_actor_argument(monkeypatch, tmp_path):
+    """Ray keeps an actor's constructor arguments (for restarts): the stage configs the job hands its actors carry
+    the variable's name, never its value (each actor reads its own environment)."""
+    from ray import cloudpickle
+
+    from rae_ray.labelstore.cached import LABEL_SPEC, KeyedStage
+    from rae_ray.runtime import llm_stages, stage_config
+    from rae_ray.stages.annotate import AnnotateStage
+    from rae_ray.stages.common import LLMStageConfig
+
+    monkeypatch.setenv(KEY_ENV, PLANTED_KEY)
+    config = base_config("http://127.0.0.1:9/v1", tmp_path / "out", images={"mode": "caption"})
+    config["llm"]["endpoints"]["default"].update(api_key_env=KEY_ENV, api_key_required=True)
+    config["llm"]["captions"] = {"model": "sim-vision"}
+    config["llm"]["annotate"]["batch"] = True
+    config = config_from_dict(config)
+    for stage in llm_stages(config):
+        built = stage_config(config, stage, getattr(config.compute, stage), "rae-ray-budget-x", str(tmp_path / "b"))
+        assert built.endpoint.api_key_env == KEY_ENV
+        # What `labelstore.cached` passes as fn_constructor_kwargs, pickled as Ray pickles it.
+        kwargs = {"stage_cls": AnnotateStage, "key": LABEL_SPEC.key, "output": LABEL_SPEC.output, "config": built,
+                  "publish": None}
+        assert leaks(cloudpickle.dumps(kwargs).decode("latin-1")) == [], stage
+        assert leaks(built.model_dump_json()) == [] and leaks(repr(built)) == []
+        KeyedStage(AnnotateStage, LABEL_SPEC.key, LABEL_SPEC.output, built)  # the actor finds the key itself
+    assert "api_key" not in LLMStageConfig.model_fields
+
+
+def test_workers_without_the_key_stop_the_run_naming_the_variable(ray_local, chorus, tmp_path, monkeypatch):
+    """The driver has the key, the Ray workers do not (the variable was set after Ray started, as on a cluster
+    whose workers were not given it): no call is made with a key the workers do not have, the run stops with exit
+    code 2 naming the variable, and nothing leaks."""
+    log, catalog = chorus_subset(chorus, 3)
+    log.write_parquet(tmp_path / "log.parquet")
+    catalog.write_parquet(tmp_path / "catalog.parquet")
+    driver_only = "RAE_DRIVER_ONLY_TEST_KEY"
+    monkeypatch.setenv(driver_only, PLANTED_KEY)
+    with SimThread(api_key=PLANTED_KEY) as sim:
+        config = base_config(sim.base_url, tmp_path / "out", run_id="no-key-on-workers")
+        config["input"] = {"log": str(tmp_path / "log.parquet"), "catalog": str(tmp_path / "catalog.parquet")}
+        config["llm"]["endpoints"]["default"].update(api_key_env=driver_only, api_key_required=True)
+        run = run_cli(config, tmp_path, sim)
+    assert run.code == 2, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("rae-ray: error: ") and driver_only in last and "Ray worker" in last
+    assert run.stats["requests_total"] == 0  # the preflight (GET /models) ran on the driver; no completion
+    assert leaks(run.stdout + run.stderr + run.logs) == []
 
 
 def test_key_refused_mid_run_stops_at_once_without_leaking_it():

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from rae_ray.config import config_from_dict
-from rae_ray.pipeline import run
+from rae_ray.job import run
 from tests.faults.conftest import chorus_subset, expected_pairs, read_folder
 from tests.helpers import base_config
 
@@ -127,7 +127,7 @@ def test_budget_actor_lost_with_its_node_is_restarted(ray_local):
 
     from rae_ray.config import config_from_dict as load
     from rae_ray.llm.ratelimit import RateBudget
-    from rae_ray.pipeline import start_budget
+    from rae_ray.runtime import start_budget
 
     config = load(base_config("http://127.0.0.1:9/v1", Path("/nonexistent"), run_id="budget-loss"))
     name, handle = start_budget(config, "budget-loss")

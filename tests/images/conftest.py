@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from pydantic import SecretStr
 
 from rae_ray.config import EndpointConfig, ImageConfig, ScaleConfig, StageModelConfig
 from rae_ray.sim.process import SimThread
@@ -145,7 +144,6 @@ def llm_stage_config(base_url: str, model: str = "sim-judge") -> LLMStageConfig:
     return LLMStageConfig(
         endpoint=EndpointConfig(base_url=base_url, api_key_required=False, max_retries=1, backoff_base_s=0.05,
                                 backoff_max_s=0.2),
-        api_key=SecretStr("no-key"),
         model=StageModelConfig(model=model),
         scale=ScaleConfig().as_dicts(),
         max_concurrent_requests=8,

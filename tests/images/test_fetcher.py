@@ -252,7 +252,8 @@ def test_s3_images(s3_server, s3_bucket, image_config) -> None:
     s3.put_object(Bucket=s3_bucket, Key="products/big.png", Body=product_photo("red") + b"\x00" * 100_000)
     s3.put_object(Bucket=s3_bucket, Key="products/page.png", Body=b"<html>not here</html>")
     s3.put_object(Bucket=s3_bucket, Key="products/bomb.png", Body=png_header_only(100_000, 100_000))
-    fetcher = ImageFetcher(image_config(max_bytes=60_000, max_side=300), s3_endpoint_url=s3_server)
+    config = image_config(max_bytes=60_000, max_side=300, allow_buckets=[s3_bucket, f"no-such-bucket-{s3_bucket}"])
+    fetcher = ImageFetcher(config, s3_endpoint_url=s3_server)
 
     async def go() -> list[FetchedImage]:
         keys = ("red.png", "missing.png", "big.png", "page.png", "bomb.png")
@@ -272,4 +273,22 @@ def test_s3_endpoint_from_the_environment(s3_server, s3_bucket, image_config) ->
     # conftest's s3_server exported AWS_ENDPOINT_URL_S3; no explicit endpoint here.
     boto3.client("s3", endpoint_url=s3_server).put_object(Bucket=s3_bucket, Key="blue.jpg",
                                                           Body=product_photo("blue", image_format="JPEG"))
-    assert fetch(ImageFetcher(image_config()), f"s3://{s3_bucket}/blue.jpg").status == "ok"
+    assert fetch(ImageFetcher(image_config(allow_buckets=[s3_bucket])), f"s3://{s3_bucket}/blue.jpg").status == "ok"
+
+
+def test_s3_buckets_not_allowed_are_refused_before_any_request(s3_server, s3_bucket, image_config) -> None:
+    """The workers' credentials may read much more than product photos: only buckets named in
+    images.allow_buckets are read, an object of any other bucket (readable or not) is refused unread."""
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.put_object(Bucket=s3_bucket, Key="photo.png", Body=product_photo("red"))
+    s3.put_object(Bucket=s3_bucket, Key="secrets/db.png", Body=product_photo("blue"))
+    for fields in ({}, {"allow_buckets": [f"other-{s3_bucket}"]}):
+        fetcher = ImageFetcher(image_config(**fields), s3_endpoint_url=s3_server)
+        for url in (f"s3://{s3_bucket}/photo.png", f"s3://{s3_bucket}/secrets/db.png", f"S3://{s3_bucket}/photo.png",
+                    f"s3://user@{s3_bucket}/photo.png"):
+            result = fetch(fetcher, url)
+            assert result.status == "refused" and "images.allow_buckets" in result.error, (url, result)
+        assert fetcher._s3 is None  # no S3 client was even made: nothing was read
+    allowed = ImageFetcher(image_config(allow_buckets=[s3_bucket]), s3_endpoint_url=s3_server)
+    assert fetch(allowed, f"s3://{s3_bucket}/photo.png").status == "ok"
+    assert fetch(allowed, f"s3://{s3_bucket}.evil/photo.png").status == "refused"

@@ -8,7 +8,7 @@ import boto3
 import polars as pl
 import pytest
 
-from rae_ray import pipeline
+from rae_ray.job import run
 from rae_ray.config import config_from_dict
 from tests.helpers import base_config, read_output
 from tests.images.conftest import product_photo
@@ -51,17 +51,18 @@ def expected_grade(query: str, product: str, text_grade: int) -> int:
     return text_grade if colour is None else (2 if query.startswith(colour) else 1)
 
 
-def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inputs):
+def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inputs, s3_bucket):
     labels_by_mode = {}
     for mode in ("caption", "direct"):
         config = base_config(sim.base_url, inputs / f"out-{mode}", run_id=mode,
                              input={"log": str(inputs / "log.parquet"), "catalog": str(inputs / "catalog.parquet")},
-                             images={"mode": mode, "allow_hosts": ["127.0.0.1"], "timeout_s": 5})
+                             images={"mode": mode, "allow_hosts": ["127.0.0.1"], "allow_buckets": [s3_bucket],
+                                     "timeout_s": 5})
         config["llm"]["captions"] = {"model": "sim-vision"}
         # One image per batch: a copy of an image in another batch must still not be captioned again.
         config.setdefault("compute", {})["captions"] = {"batch_size": 1, "max_actors": 2}
         before = sim.stats()["by_schema"].get("image_caption", 0)
-        pipeline.run(config_from_dict(config))
+        run(config_from_dict(config))
         caption_calls = sim.stats()["by_schema"].get("image_caption", 0) - before
         root = inputs / f"out-{mode}" / mode
         labels = read_output(root, "labels")
@@ -104,7 +105,7 @@ def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, capsy
         config["llm"]["endpoints"]["default"]["max_retries"] = 6
         # One actor, one batch of 4 pairs at a time: it learns from its first batch, the rest go text-only.
         config["compute"]["annotate"] = {"batch_size": 4, "max_actors": 1, "max_concurrent_batches": 1}
-        pipeline.run(config_from_dict(config))
+        run(config_from_dict(config))
         stats = blind.stats()
     labels = read_output(inputs / "out-blind" / "blind", "labels")
     pairs, with_image = len(QUERIES) * len(PHOTOS), len(QUERIES) * (len(PHOTOS) - 1)
@@ -118,3 +119,38 @@ def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, capsy
     assert manifest["labels_by_image_status"] == {"no_vision": with_image, "missing": len(QUERIES)}
     assert (f"model sim-judge takes no images: {with_image} pairs judged on text (image_status no_vision)"
             in capsys.readouterr().err)
+
+
+REFUSED = {"r1": "http://169.254.169.254/latest/meta-data/iam/security-credentials/",  # the cloud metadata address
+           "r2": "file:///etc/passwd", "r3": "http://169.254.169.254/computeMetadata/v1/"}
+
+
+@pytest.mark.parametrize("urls", ["refused", "none"])
+def test_pairs_are_judged_on_text_when_no_image_can_be_had(ray_local, sim, tmp_path, urls):
+    """Every image refused (or no product with an image at all): no image reaches the judge, every pair is still
+    judged on its text, its label says why, and the run succeeds in caption and in direct mode."""
+    catalog = pl.DataFrame({"product_id": list(REFUSED), "title": ["Red ceramic mug", "Blue mug", "Mug rack"],
+                            "image_url": list(REFUSED.values()) if urls == "refused" else [None] * len(REFUSED)},
+                           schema={"product_id": pl.String, "title": pl.String, "image_url": pl.String})
+    catalog.write_parquet(tmp_path / "catalog.parquet")
+    pl.DataFrame([{"query": q, "ranker": "a", "rank": rank, "product_id": p}
+                  for q in QUERIES for rank, p in enumerate(REFUSED, 1)]).write_parquet(tmp_path / "log.parquet")
+    for mode in ("caption", "direct"):
+        config = base_config(sim.base_url, tmp_path / f"out-{mode}", run_id=mode,
+                             input={"log": str(tmp_path / "log.parquet"), "catalog": str(tmp_path / "catalog.parquet")},
+                             images={"mode": mode})
+        config["llm"]["captions"] = {"model": "sim-vision"}
+        result = run(config_from_dict(config))
+        labels = read_output(tmp_path / f"out-{mode}" / mode, "labels")
+        assert labels.height == len(QUERIES) * len(REFUSED), mode
+        assert labels["grade"].null_count() == 0 and labels["error"].null_count() == labels.height, mode
+        expected = "refused" if urls == "refused" else "none"
+        assert set(labels["image_status"]) == {expected}, mode
+        assert labels["caption_id"].null_count() == labels["image_id"].null_count() == labels.height
+        assert result.manifest["status"] == "succeeded" and result.manifest["labelled"] == labels.height
+        if urls == "refused":
+            assert result.manifest["images"]["by_status"] == {"refused": len(REFUSED)}
+            errors = read_output(tmp_path / f"out-{mode}" / mode, "errors").filter(pl.col("stage") == "images")
+            assert errors.height == len(REFUSED) and errors["reason"].str.contains("169.254.169.254|scheme").all()
+        if mode == "caption":
+            assert result.manifest["llm_calls"]["captions"] == 0

@@ -50,8 +50,9 @@ def catalog(image_server, s3_server, s3_bucket) -> pl.DataFrame:
 PIXEL_COLOUR = {"m1": "red", "m2": "red", "m3": "blue", "m4": "blue", "m5": "blue"}
 
 
-def image_stage(image_config, s3_server) -> ImageStage:
-    return ImageStage(ImageStageConfig(images=image_config(), s3_endpoint_url=s3_server, max_concurrent_requests=4))
+def image_stage(image_config, s3_server, buckets: list[str] = ()) -> ImageStage:
+    return ImageStage(ImageStageConfig(images=image_config(allow_buckets=list(buckets)), s3_endpoint_url=s3_server,
+                                       max_concurrent_requests=4))
 
 
 def pairs_table(catalog: pl.DataFrame, guidelines: pa.Table) -> pl.DataFrame:
@@ -64,13 +65,14 @@ def pairs_table(catalog: pl.DataFrame, guidelines: pa.Table) -> pl.DataFrame:
 
 
 async def annotate(sim, catalog: pl.DataFrame, mode: str, image_config, s3_server) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The stages in pipeline order, joined as the pipeline joins them; returns (labels, images or captions)."""
+    """The stages in the job's order, joined as the job joins them; returns (labels, images or captions)."""
     llm = llm_stage_config(sim.base_url)
     guidelines = await GuidelineStage(llm)(pa.table({"query": QUERIES}))
     pairs = pairs_table(catalog, guidelines)
     side = pl.DataFrame()
     if mode != "text":
-        stage = image_stage(image_config, s3_server)
+        buckets = [url.split("/")[2] for url in catalog["image_url"] if url.startswith("s3://")]  # the catalog's own
+        stage = image_stage(image_config, s3_server, buckets)
         images = await stage(pa.table({"image_url": catalog["image_url"].unique().to_list()}))
         await stage.close()
         if mode == "caption":

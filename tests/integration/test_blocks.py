@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rae_ray import pipeline
+from rae_ray import runtime
 
 pytestmark = pytest.mark.integration
 
@@ -14,14 +14,14 @@ def test_batch_sized_blocks_are_merged_by_rows_and_bytes(ray_local, monkeypatch)
     tiny = ray_local.data.range(1762, override_num_blocks=111).materialize()
     assert tiny.num_blocks() > 100
 
-    merged = pipeline._compact(tiny)
+    merged = runtime.compact(tiny)
     assert merged.num_blocks() == 1
     assert sorted(row["id"] for row in merged.take_all()) == list(range(1762))
 
     # Blocks of heavy rows (image data URLs) stop at BYTES_PER_BLOCK, whatever the row count.
-    monkeypatch.setattr(pipeline, "BYTES_PER_BLOCK", tiny.size_bytes() // 4)
-    by_bytes = pipeline._compact(tiny)
+    monkeypatch.setattr(runtime, "BYTES_PER_BLOCK", tiny.size_bytes() // 4)
+    by_bytes = runtime.compact(tiny)
     assert 4 <= by_bytes.num_blocks() <= 5 and by_bytes.count() == 1762
 
-    already = pipeline._compact(merged)
+    already = runtime.compact(merged)
     assert already is merged  # nothing to merge: no extra pass

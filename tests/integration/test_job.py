@@ -14,7 +14,7 @@ import yaml
 from rae_ray.cli import main
 from rae_ray.config import config_from_dict
 from rae_ray.llm.client import FatalEndpointError
-from rae_ray.pipeline import run
+from rae_ray.job import run
 from tests.helpers import base_config, read_output
 
 pytestmark = pytest.mark.integration
@@ -152,8 +152,14 @@ def test_demo_command(ray_local, tmp_path, capsys):
     """`rae-ray demo --out DIR`: starts its own simulated endpoint, runs the bundled sample, prints the table."""
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--latency-ms", "2"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "SIMULATED" in printed
+    # What a person reads: the job's own lines, not Ray Data's execution plans and summaries (in its log file).
+    assert "[rae-ray] guidelines:" in captured.err
+    ray_data = [line for line in captured.err.splitlines()
+                if "INFO" in line or "Execution plan" in line or "Progress bars disabled" in line]
+    assert ray_data == [], ray_data[:5]
     table = printed[printed.index("ranker"):]
     assert all(r in table for r in ("random-v0", "bm25-v1", "tuned-v2"))
     assert f"output: {out}" in printed

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from rae_ray.config import config_from_dict
-from rae_ray.pipeline import run
+from rae_ray.job import run
 from tests.helpers import base_config
 
 pytestmark = pytest.mark.integration

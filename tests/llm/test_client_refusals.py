@@ -105,7 +105,7 @@ def call(sim: SimProcess, messages: list[dict], output, schema_name: str, model:
 
 
 def stage_config(sim: SimProcess, model: StageModelConfig, scale: list[dict] = SCALE, **fields: Any) -> LLMStageConfig:
-    return LLMStageConfig(endpoint=endpoint(sim, **fields), api_key=SecretStr("sim"), model=model, scale=scale)
+    return LLMStageConfig(endpoint=endpoint(sim, **fields), model=model, scale=scale)
 
 
 def test_an_image_refusal_is_not_retried(blind_sim) -> None:

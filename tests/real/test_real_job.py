@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from rae_ray.config import config_from_dict
-from rae_ray.pipeline import run
+from rae_ray.job import run
 from tests.helpers import read_output
 
 pytestmark = pytest.mark.integration

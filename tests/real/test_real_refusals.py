@@ -120,7 +120,7 @@ def photo_data_url() -> str:
 
 
 def test_a_model_without_vision_is_asked_once_and_the_pairs_are_judged_on_text(llama):
-    config = LLMStageConfig(endpoint=endpoint(llama, length_limits=True), api_key=SecretStr("no-key"),
+    config = LLMStageConfig(endpoint=endpoint(llama, length_limits=True),
                             model=StageModelConfig(model=llama.alias, max_output_tokens=300),
                             scale=SCALE, max_concurrent_requests=2)
     rows = [{"query": "camera bag", "product_id": f"p{i}", "product_hash": f"h{i}", "pair_error": None,

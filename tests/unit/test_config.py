@@ -102,8 +102,33 @@ def test_batch_mode_is_for_annotation_only():
     minimal = {"input": {"log": "x"}, "llm": {"endpoints": {"default": {"base_url": "http://127.0.0.1:9/v1"}},
                                               "guidelines": {"model": "g"}, "annotate": {"model": "a"}}}
     assert config_from_dict(minimal, ["llm.annotate.batch=true"]).llm.annotate.batch is True
-    with pytest.raises(ConfigError, match="batch mode is for llm.annotate only"):
-        config_from_dict(minimal, ["llm.guidelines.batch=true"])
+    # The batch keys exist on llm.annotate alone (AnnotateModelConfig): elsewhere they are unknown keys.
+    for key in ("llm.guidelines.batch=true", "llm.guidelines.batch_poll_s=5", "llm.captions.batch_completion_window=1h"):
+        with pytest.raises(ConfigError, match=key.split("=")[0].replace(".", r"\.") + ": Extra inputs are not permitted"):
+            config_from_dict(minimal, [key, "llm.captions.model=v"])
+
+
+def test_metric_cutoffs_are_within_k():
+    # Explicit cut-offs above k are refused: a list cut at rank 10 has no 20th item (P@20 would score 10 items).
+    with pytest.raises(ConfigError, match=r"metrics.ks \[20\] has cut-offs above k=10"):
+        config_from_dict(MINIMAL, ["metrics.ks=[20]"])
+    with pytest.raises(ConfigError, match="above k=5"):
+        config_from_dict(MINIMAL, ["k=5", "metrics.ks=[5, 10]"])
+    assert config_from_dict(MINIMAL, ["k=20", "metrics.ks=[20]"]).metrics.ks == [20]
+    # The default cut-offs (5 and 10) follow k: those not above it, else k itself.
+    assert config_from_dict(MINIMAL).metrics.ks == [5, 10]
+    assert config_from_dict(MINIMAL, ["k=7"]).metrics.ks == [5]
+    assert config_from_dict(MINIMAL, ["k=3", "metrics.bootstrap=10"]).metrics.ks == [3]
+    assert config_from_dict(MINIMAL, ["k=50"]).metrics.ks == [5, 10]
+
+
+def test_endpoint_and_actor_concurrency_say_how_they_combine():
+    from rae_ray.config import EndpointConfig, StageComputeConfig
+
+    cluster = EndpointConfig.model_fields["max_in_flight"].description
+    per_actor = StageComputeConfig.model_fields["max_concurrent_requests"].description
+    assert "whole cluster" in cluster and "max_concurrent_requests" in cluster
+    assert "one actor" in per_actor and "max_in_flight" in per_actor
 
 
 def test_guidelines_are_on_unless_turned_off():

@@ -1,8 +1,8 @@
 import pyarrow as pa
 
+from rae_ray.labelstore.keys import guideline_id, normalize_query
 from rae_ray.stages.prepare import (
-    check_log_rows, guideline_id, invalid_rows, normalize_products, normalize_query, pair_problems, product_hash,
-    select_rows, unique_pairs,
+    check_log_rows, invalid_rows, normalize_products, pair_problems, product_hash, select_rows, unique_pairs,
 )
 
 
@@ -77,7 +77,7 @@ def test_guideline_id_depends_on_what_decides_a_guideline():
 
 def test_without_guidelines_ids_are_null_and_label_keys_still_tell_queries_apart():
     from rae_ray.labelstore import add_label_keys, label_key
-    from rae_ray.stages.prepare import add_guideline_ids
+    from rae_ray.labelstore import add_guideline_ids
 
     pairs = pa.table({"query": ["Red Shoe", "red shoe", "blue shoe"], "product_hash": ["h", "h", "h"]})
     scale = [{"grade": 1, "name": "yes", "description": ""}, {"grade": 0, "name": "no", "description": ""}]

@@ -1,9 +1,4 @@
-"""The label store: every guideline and label already paid for, keyed by everything that decided it.
-
-Layout under the store URI (default `<output.uri>/_store`):
-    guidelines/<run_id>-<uuid>.parquet   key guideline_id
-    labels/<run_id>-<uuid>.parquet       key label_key
-    captions/<run_id>-<uuid>.parquet     key caption_id
+"""Shards of the label store: reading them (one record per key), joining them onto a dataset, publishing new ones.
 
 Shards are only ever added, each under a fresh name and published atomically (a local file is written to a
 temporary name and renamed; an S3 object appears whole when its upload completes), so runs sharing a store
@@ -14,43 +9,16 @@ record per key (a consistent whole record, never a mix).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
 
 from rae_ray.io import Storage, join_uri
-from rae_ray.stages.prepare import normalize_query
 
 RECORD = "_store_record"
-
-
-def label_key(guideline_id: str | None, product_hash: str, model: str, prompt_version: str, scale: Sequence[dict],
-              image_mode: str = "text", caption_id: str | None = None, query: str | None = None) -> str:
-    """Everything that decides a label: guideline (query, its model and prompt), product content, judge, scale.
-
-    Without a guideline (llm.guidelines.enabled false) the normalized query takes its place.
-    """
-    decided_by = guideline_id if guideline_id is not None else ["query", normalize_query(query or "")]
-    key = json.dumps([decided_by, product_hash, model, prompt_version, list(scale), image_mode, caption_id],
-                     sort_keys=True, default=str)
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def add_label_keys(batch: pa.Table, model: str, prompt_version: str, scale: list[dict], image_mode: str) -> pa.Table:
-    """Add `label_key` to pairs that carry query, guideline_id and product_hash, and the image's caption or content id."""
-    guideline_ids = batch.column("guideline_id").to_pylist()
-    hashes = batch.column("product_hash").to_pylist()
-    queries = batch.column("query").to_pylist()
-    image_column = next((c for c in ("caption_id", "image_id") if c in batch.column_names), None)
-    captions = batch.column(image_column).to_pylist() if image_column else [None] * batch.num_rows
-    keys = [label_key(g, h, model, prompt_version, scale, image_mode, c, q)
-            for g, h, c, q in zip(guideline_ids, hashes, captions, queries)]
-    return batch.append_column("label_key", pa.array(keys, pa.string()))
 
 
 def pack_records(batch: pa.Table, key: str, columns: list[str]) -> pa.Table:
@@ -120,3 +88,16 @@ class LabelStore:
         return ds.join(stored, join_type="left_outer", num_partitions=num_partitions, on=(key,)).map_batches(
             unpack_records, batch_format="pyarrow", fn_kwargs={"columns": columns, "prefix": prefix}
         )
+
+    def mean_completion_tokens(self, kind: str, model: str, max_shards: int = 200) -> float | None:
+        """Mean completion tokens of `model`'s stored results (shards keep the usage columns); None if none."""
+        import pyarrow.parquet as pq
+
+        shards = self.shards(kind)
+        if not shards:
+            return None
+        fs, _ = self.storage.fs(self.uri)
+        frame = pl.concat([pl.from_arrow(pq.read_table(f, filesystem=fs, columns=["model", "completion_tokens"]))
+                           for f in shards[:max_shards]])
+        frame = frame.filter((pl.col("model") == model) & (pl.col("completion_tokens") > 0))
+        return float(frame["completion_tokens"].mean()) if frame.height else None

@@ -1,17 +1,14 @@
-"""Run configuration: pydantic v2 models loaded from YAML, with `--set key=value` overrides.
+"""The run configuration's models (pydantic v2): every setting, its type, bounds and checks.
 
-Each setting is documented once, in its `Field(description=...)`; `rae-ray run --help-config` prints them.
+Each setting is documented once, in its `Field(description=...)` (`RunConfig.model_json_schema()` lists them).
 """
 
 from __future__ import annotations
 
-import copy
 import os
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -138,7 +135,10 @@ class EndpointConfig(_Model):
     rpm: int | None = Field(default=None, ge=1, description="Requests per minute allowed per model, cluster-wide.")
     tpm: int | None = Field(default=None, ge=1, description="Tokens per minute allowed per model, cluster-wide.")
     max_in_flight: int | None = Field(
-        default=None, ge=1, description="Requests in flight at once, cluster-wide (split evenly over a stage's actors)."
+        default=None, ge=1,
+        description="The endpoint's limit of requests in flight at once, over the whole cluster. It caps each actor "
+        "of a stage at max_in_flight // compute.<stage>.max_actors (at least 1) when that is below the actor's own "
+        "compute.<stage>.max_concurrent_requests; None: only the per-actor setting applies.",
     )
 
     @field_validator("base_url")
@@ -208,20 +208,25 @@ class StageModelConfig(_Model):
         description="Reply length `rae-ray estimate` assumes; default: the mean in the label store, else 300 "
         "for guidelines, 120 for captions, 80 for judgements.",
     )
-    batch: bool = Field(
-        default=False,
-        description="llm.annotate only: send the judgements through the endpoint's Batch API (/v1/files, "
-        "/v1/batches; OpenAI bills half, answers within batch_completion_window). Each Ray Data batch of "
-        "compute.annotate.batch_size pairs becomes one provider batch; resumable (state under the label store).",
-    )
-    batch_poll_s: float = Field(default=30.0, gt=0, description="Seconds between polls of a submitted batch.")
-    batch_completion_window: str = Field(default="24h", description="completion_window of the batches.")
 
     @model_validator(mode="after")
     def _effort_needs_reasoning(self) -> StageModelConfig:
         if self.reasoning_effort is not None and not self.reasoning:
             raise ValueError("reasoning_effort is sent to reasoning models only: set reasoning: true as well")
         return self
+
+
+class AnnotateModelConfig(StageModelConfig):
+    """The judge's model; it alone may go through a Batch API (the other stages feed it and are small)."""
+
+    batch: bool = Field(
+        default=False,
+        description="Send the judgements through the endpoint's Batch API (/v1/files, /v1/batches; OpenAI bills "
+        "half, answers within batch_completion_window). Each Ray Data batch of compute.annotate.batch_size pairs "
+        "becomes one provider batch; resumable (state under the label store).",
+    )
+    batch_poll_s: float = Field(default=30.0, gt=0, description="Seconds between polls of a submitted batch.")
+    batch_completion_window: str = Field(default="24h", description="completion_window of the batches.")
 
 
 class GuidelineModelConfig(StageModelConfig):
@@ -236,18 +241,10 @@ class GuidelineModelConfig(StageModelConfig):
 class LLMConfig(_Model):
     endpoints: dict[str, EndpointConfig] = Field(description="Named endpoints; stages refer to them by name.")
     guidelines: GuidelineModelConfig = Field(description="Model writing the per-query guidelines.")
-    annotate: StageModelConfig = Field(description="Model judging each (query, product) pair.")
+    annotate: AnnotateModelConfig = Field(description="Model judging each (query, product) pair.")
     captions: StageModelConfig | None = Field(
         default=None, description="Vision model describing product images (images.mode: caption)."
     )
-
-    @model_validator(mode="after")
-    def _batch_only_for_annotation(self) -> LLMConfig:
-        for stage in ("guidelines", "captions"):
-            if getattr(self, stage) is not None and getattr(self, stage).batch:
-                raise ValueError(f"llm.{stage}.batch: batch mode is for llm.annotate only (the other stages feed "
-                                 "it and are small)")
-        return self
 
     @model_validator(mode="after")
     def _endpoints_exist(self) -> LLMConfig:
@@ -268,7 +265,9 @@ class StageComputeConfig(_Model):
     max_actors: int = Field(default=2, ge=1, description="Actor pool maximum size (autoscaling).")
     batch_size: int = Field(default=64, ge=1, description="Rows per batch handed to one actor call.")
     max_concurrent_requests: int = Field(
-        default=32, ge=1, description="Requests in flight per actor (a batch's requests are gathered under it)."
+        default=32, ge=1,
+        description="Requests (image fetches, for compute.images) one actor has in flight at once, its batches' "
+        "requests gathered under it; the endpoint's cluster-wide llm.endpoints.<name>.max_in_flight may lower it.",
     )
     max_concurrent_batches: int = Field(default=4, ge=1, description="Batches one actor works on at once.")
     num_cpus: float = Field(default=0.25, gt=0, description="CPUs reserved per actor (the work is I/O bound).")
@@ -318,8 +317,15 @@ class StoreConfig(_Model):
     )
 
 
+DEFAULT_KS = (5, 10)
+
+
 class MetricsConfig(_Model):
-    ks: list[int] = Field(default_factory=lambda: [5, 10], description="Cut-offs of the metrics.")
+    ks: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_KS),
+        description="Cut-offs of the metrics, each at most the run's k (a list cut at k has no 20th item). Default: "
+        "5 and 10, those not above k (k itself when both are).",
+    )
     bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for confidence intervals.")
     permutations: int = Field(default=10000, ge=100, description="Sign flips of the paired randomization test.")
     seed: int = Field(default=0, description="Seed of bootstrap and permutation tests.")
@@ -364,6 +370,11 @@ class ImageConfig(_Model):
         default_factory=list,
         description="Hosts fetched even if they resolve to loopback/private addresses (e.g. a test image server).",
     )
+    allow_buckets: list[str] = Field(
+        default_factory=list,
+        description="S3 buckets s3:// image URLs may name; an image in any other bucket is refused (the workers "
+        "can read more than product photos, and what they fetch goes to the LLM endpoint).",
+    )
 
 
 class StorageConfig(_Model):
@@ -398,69 +409,18 @@ class RunConfig(_Model):
             raise ValueError("images.mode 'caption' needs llm.captions (the vision model)")
         return self
 
+    @model_validator(mode="after")
+    def _cutoffs_within_k(self) -> RunConfig:
+        if "ks" not in self.metrics.model_fields_set:
+            self.metrics.ks = [k for k in self.metrics.ks if k <= self.k] or [self.k]
+        elif max(self.metrics.ks) > self.k:
+            raise ValueError(f"metrics.ks {self.metrics.ks} has cut-offs above k={self.k}: each ranker's list is cut "
+                             f"at rank k, so raise k or drop them")
+        return self
+
     @field_validator("run_id")
     @classmethod
     def _safe_run_id(cls, run_id: str | None) -> str | None:
         if run_id is not None and (not run_id or "/" in run_id or run_id in (".", "..")):
             raise ValueError("run_id must be a non-empty name without '/'")
         return run_id
-
-
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = data
-    for key in keys[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
-    """`key.sub=value` strings -> (dotted key, YAML-parsed value)."""
-    out = []
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
-    return out
-
-
-def _format_validation_error(source: str, error: ValidationError) -> str:
-    lines = [f"invalid config {source}:"]
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        lines.append(f"  {where}: {item['msg']}")
-    return "\n".join(lines)
-
-
-def config_from_dict(data: dict[str, Any], overrides: list[str] = (), source: str = "(dict)") -> RunConfig:
-    data = copy.deepcopy(dict(data or {}))
-    for key, value in parse_overrides(list(overrides)):
-        _set_dotted(data, key, value)
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_format_validation_error(source, error)) from None
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config {path} is not valid YAML: {error}") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level")
-    return config_from_dict(data or {}, overrides, source=str(path))
-
-
-def redacted(config: RunConfig) -> dict[str, Any]:
-    """The config as JSON-able data for the manifest; secrets are never part of it (keys live in the env)."""
-    return config.model_dump(mode="json")

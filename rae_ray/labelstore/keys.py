@@ -1,0 +1,81 @@
+"""Every key of the label store, made here: what decides a guideline, a caption and a label, hashed.
+
+A key changes exactly when something the result depends on changes, so a rerun reuses what is unchanged and
+asks again for what is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from rae_ray.images import image_id
+from rae_ray.llm.prompts import CAPTION_PROMPT_VERSION
+
+
+def normalize_query(query: str) -> str:
+    """Case-folded, NFKC, single-spaced: the form under which two queries are the same query."""
+    return " ".join(unicodedata.normalize("NFKC", query).casefold().split())
+
+
+def guideline_id(query: str, model: str, prompt_version: str, scale: list[dict]) -> str:
+    """Everything that decides a guideline, hashed."""
+    key = json.dumps([normalize_query(query), model, prompt_version, scale], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def add_guideline_ids(batch: pa.Table, model: str | None, prompt_version: str, scale: list[dict]) -> pa.Table:
+    """Add `guideline_id` to rows that carry a query; null for all when model is None (guidelines off)."""
+    if model is None:
+        return batch.append_column("guideline_id", pa.nulls(batch.num_rows, pa.string()))
+    ids = [guideline_id(q, model, prompt_version, scale) for q in batch.column("query").to_pylist()]
+    return batch.append_column("guideline_id", pa.array(ids, pa.string()))
+
+
+def caption_id(image: str, model: str, prompt_version: str = CAPTION_PROMPT_VERSION) -> str:
+    """Everything that decides a caption, hashed: the image's content id (see `images.image_id`), model, prompt."""
+    key = json.dumps([image, model, prompt_version])
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def add_caption_ids(batch: pa.Table, model: str) -> pa.Table:
+    """Add `caption_id` to ImageStage rows (null unless the fetch succeeded), e.g. to look captions up in a store."""
+    ids = [
+        caption_id(iid or image_id(data_url), model) if status == "ok" and data_url else None
+        for status, data_url, iid in zip(
+            batch.column("image_status").to_pylist(),
+            batch.column("image_data_url").to_pylist(),
+            batch.column("image_id").to_pylist() if "image_id" in batch.column_names else [None] * batch.num_rows,
+        )
+    ]
+    if "caption_id" in batch.column_names:
+        batch = batch.drop_columns(["caption_id"])
+    return batch.append_column("caption_id", pa.array(ids, pa.string()))
+
+
+def label_key(guideline_id: str | None, product_hash: str, model: str, prompt_version: str, scale: Sequence[dict],
+              image_mode: str = "text", caption_id: str | None = None, query: str | None = None) -> str:
+    """Everything that decides a label: guideline (query, its model and prompt), product content, judge, scale.
+
+    Without a guideline (llm.guidelines.enabled false) the normalized query takes its place.
+    """
+    decided_by = guideline_id if guideline_id is not None else ["query", normalize_query(query or "")]
+    key = json.dumps([decided_by, product_hash, model, prompt_version, list(scale), image_mode, caption_id],
+                     sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def add_label_keys(batch: pa.Table, model: str, prompt_version: str, scale: list[dict], image_mode: str) -> pa.Table:
+    """Add `label_key` to pairs that carry query, guideline_id and product_hash, and the image's caption or content id."""
+    guideline_ids = batch.column("guideline_id").to_pylist()
+    hashes = batch.column("product_hash").to_pylist()
+    queries = batch.column("query").to_pylist()
+    image_column = next((c for c in ("caption_id", "image_id") if c in batch.column_names), None)
+    captions = batch.column(image_column).to_pylist() if image_column else [None] * batch.num_rows
+    keys = [label_key(g, h, model, prompt_version, scale, image_mode, c, q)
+            for g, h, c, q in zip(guideline_ids, hashes, captions, queries)]
+    return batch.append_column("label_key", pa.array(keys, pa.string()))

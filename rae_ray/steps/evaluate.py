@@ -1,0 +1,129 @@
+"""Evaluate: per-query metrics on Ray, then `evaluation.evaluate` on the small per-query table; a Ray-backed
+source answers its questions about ranked lists and labels, and streams the TREC files a block at a time."""
+
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+
+from rae_ray.evaluation import LABEL_SCHEMA, QRELS, RUN, RUN_SCHEMA, locale_segments
+from rae_ray.evaluation import evaluate as evaluate_run
+from rae_ray.label_files import load_human_labels
+from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA, query_metrics
+from rae_ray.metrics.trec import qrels_lines, run_text
+from rae_ray.outputs import write_evaluation
+from rae_ray.runtime import Job, to_polars
+from rae_ray.steps.retrieve import Inputs, LogRows
+
+
+def per_query_metrics(group: pa.Table, ks: list[int], top_grade: int) -> pa.Table:
+    """One query's ranked lists with their grades -> that query's metric rows.
+
+    The ideal pool of nDCG is every product of the query judged in this run (the union of the rankers' top k).
+    """
+    frame = pl.from_arrow(group)
+    run = frame.select("ranker", "query", "rank", "product_id")
+    labels = frame.select("query", "product_id", "grade").unique(subset=["query", "product_id"])
+    return query_metrics(run, labels, ks=ks, top_grade=top_grade).to_arrow()
+
+
+class RayEvaluationSource:
+    """Ranked lists and labels for the evaluation step, filtered on Ray: only the answer reaches the driver."""
+
+    def __init__(self, selected, labels, pairs, parts: int = 1):
+        self.parts = parts
+        self.run = selected.select_columns(list(RUN_SCHEMA))
+        self.labels = labels.select_columns(list(LABEL_SCHEMA))
+        self.titles = pairs.select_columns(["query", "product_id", "title"]) if "title" in pairs.columns() else None
+
+    def _with_titles(self, labels: pl.DataFrame, queries: list[str]) -> pl.DataFrame:
+        if self.titles is None or labels.is_empty():
+            return labels
+        from ray.data.expressions import col
+
+        titles = to_polars(self.titles.filter(expr=col("query").is_in(queries)),
+                           schema={"query": pl.String, "product_id": pl.String, "title": pl.String})
+        return labels.join(titles, on=["query", "product_id"], how="left")
+
+    def ranked_lists(self, queries: list[str]) -> pl.DataFrame:
+        from ray.data.expressions import col
+
+        return to_polars(self.run.filter(expr=col("query").is_in(list(queries))), schema=RUN_SCHEMA)
+
+    def labels_for(self, queries: list[str]) -> pl.DataFrame:
+        from ray.data.expressions import col
+
+        labels = to_polars(self.labels.filter(expr=col("query").is_in(list(queries))), schema=LABEL_SCHEMA)
+        return self._with_titles(labels, list(queries))
+
+    def labels_matching(self, pairs: pl.DataFrame) -> pl.DataFrame:
+        keys = pairs.select(pl.col("query").cast(pl.String), pl.col("product_id").cast(pl.String)).unique()
+        return self.labels_for(keys["query"].unique().to_list()).join(keys, on=["query", "product_id"], how="semi")
+
+    def failed_labels(self, limit: int) -> pl.DataFrame:
+        from ray.data.expressions import col
+
+        return to_polars(self.labels.filter(expr=col("error").is_not_null()).limit(limit), schema=LABEL_SCHEMA)
+
+    def trec_chunks(self, rankers: list[str]):
+        """The lines are made on Ray, a block at a time (a run's lines per query, so rankings stay whole); the
+        driver only streams each block's text into its file."""
+        from ray.data.expressions import col
+
+        qrels = self.labels.filter(expr=col("grade").is_not_null()).map_batches(
+            _qrels_piece, batch_format="pyarrow", batch_size=None)
+        runs = self.run.groupby("query", num_partitions=self.parts).map_groups(
+            _run_pieces, batch_format="pyarrow", fn_kwargs={"rankers": list(rankers)},
+        ).map_batches(_join_pieces, batch_format="pyarrow", batch_size=None)
+        for pieces in (qrels, runs):
+            for batch in pieces.iter_batches(batch_format="pyarrow", batch_size=None):
+                yield from zip(batch.column("file").to_pylist(), batch.column("text").to_pylist())
+
+
+_PIECES = pa.schema([("file", pa.string()), ("text", pa.large_string())])
+
+
+def _qrels_piece(batch: pa.Table) -> pa.Table:
+    text = qrels_lines(pl.from_arrow(batch.select(["query", "product_id", "grade"])))
+    return pa.Table.from_pylist([{"file": QRELS, "text": text}] if text else [], schema=_PIECES)
+
+
+def _run_pieces(group: pa.Table, rankers: list[str]) -> pa.Table:
+    frame = pl.from_arrow(group)
+    present = set(frame["ranker"].to_list())
+    rows = [{"file": RUN + ranker, "text": run_text(frame, ranker)} for ranker in rankers if ranker in present]
+    return pa.Table.from_pylist(rows, schema=_PIECES)
+
+
+def _join_pieces(batch: pa.Table) -> pa.Table:
+    """One piece per file per block (map_groups makes one per query)."""
+    joined = pl.from_arrow(batch).group_by("file", maintain_order=True).agg(pl.col("text").str.join(""))
+    return joined.to_arrow().cast(_PIECES)
+
+
+def evaluate(job: Job, inputs: Inputs, log: LogRows, pairs, labels):
+    """Per-query metrics on Ray; rankers, comparisons, segments, problems, agreement on the small per-query table."""
+    from ray.data.expressions import col
+
+    config = job.config
+    graded = log.selected.select_columns(["ranker", "query", "rank", "product_id"]).join(
+        labels.select_columns(["query", "product_id", "grade"]), join_type="left_outer", num_partitions=job.parts,
+        on=("query", "product_id"),
+    )
+    by_query = to_polars(
+        graded.groupby("query", num_partitions=job.parts).map_groups(
+            per_query_metrics, batch_format="pyarrow",
+            fn_kwargs={"ks": config.metrics.ks, "top_grade": config.scale.top_grade},
+        ),
+        schema=QUERY_METRICS_SCHEMA,
+    )
+    segments = log.segments
+    if "locale" in inputs.columns:
+        locales = to_polars(log.checked.filter(expr=col("input_error").is_null()).groupby(
+            ["query", "locale"], num_partitions=job.parts).count())
+        segments = pl.concat([s for s in (segments, locale_segments(locales)) if s is not None])
+    human = load_human_labels(config.input.human_labels, job.storage) if config.input.human_labels else None
+    source = RayEvaluationSource(log.selected, labels, pairs, job.parts)
+    result = evaluate_run(query_metrics=by_query, source=source, config=config.metrics, segments=segments,
+                          human=human, grades=[g.grade for g in config.scale.grades])
+    return write_evaluation(result, source, job.storage, job.layout)
