@@ -37,8 +37,8 @@ from rae_ray.estimate import estimate
 from rae_ray.io import sample_dir
 from rae_ray.llamacpp import LlamaServer
 from rae_ray.llm.prompts import annotation_messages
-from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, judgement_format
 from rae_ray.job import ensure_ray, run
+from rae_ray.llm.schemas import judgement_format, with_length_limits
 from rae_ray.stages.annotate import product_for_prompt
 
 MIN_RATIO = 0.8
@@ -56,7 +56,8 @@ def fixed_slice(n_queries: int, folder: Path) -> tuple[Path, list[str]]:
     return path, queries
 
 
-def job_config(base_url: str, model: str, key_env: str, log: Path, out: Path, k: int, concurrency: int) -> RunConfig:
+def job_config(base_url: str, model: str, key_env: str, log: Path, out: Path, k: int, concurrency: int,
+               length_limits: bool) -> RunConfig:
     return config_from_dict({
         "run_id": "real-judge",
         "input": {"log": str(log), "catalog": "sample:products.parquet",
@@ -64,7 +65,7 @@ def job_config(base_url: str, model: str, key_env: str, log: Path, out: Path, k:
         "k": k,
         "llm": {
             "endpoints": {"default": {"base_url": base_url, "api_key_env": key_env, "api_key_required": False,
-                                      "timeout_s": 600}},
+                                      "timeout_s": 600, "length_limits": length_limits}},
             "guidelines": {"model": model, "max_output_tokens": 600},
             "annotate": {"model": model, "max_output_tokens": 300},
         },
@@ -88,9 +89,12 @@ def judgement_requests(config: RunConfig, root: Path) -> list[dict[str, Any]]:
     pairs = read_folder(root, "labels").select("query", "product_id").join(guidelines, on="query").join(
         products, on="product_id", how="left")
     model = config.llm.annotate
+    fmt = judgement_format(scale)
+    if config.llm.endpoints["default"].length_limits:
+        fmt = with_length_limits(fmt)
     return [{
         "model": model.model, "temperature": model.temperature, "max_tokens": model.max_output_tokens,
-        "response_format": judgement_format(scale),
+        "response_format": fmt,
         "messages": annotation_messages(row["query"], json.loads(row["guideline"]), scale, product_for_prompt(row)),
     } for row in pairs.iter_rows(named=True)]
 
@@ -129,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model name at --base-url")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the key of --base-url")
     parser.add_argument("--slots", type=int, default=2, help="local server: parallel slots")
+    parser.add_argument("--length-limits", action=argparse.BooleanOptionalAction, default=None,
+                        help="length limits in the reply schemas (default: on for the local server, off otherwise)")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -153,7 +159,9 @@ def measure(args, base_url: str, model: str, key_env: str, server: LlamaServer |
     with tempfile.TemporaryDirectory(prefix="rae-real-judge-") as tmp:
         folder = Path(tmp)
         log, queries = fixed_slice(args.queries, folder)
-        config = job_config(base_url, model, key_env, log, folder / "out", args.k, args.concurrency)
+        limits = args.length_limits if args.length_limits is not None else server is not None
+        figures["length_limits"] = limits
+        config = job_config(base_url, model, key_env, log, folder / "out", args.k, args.concurrency, limits)
         ensure_ray(config)  # Ray's start-up is not the job's: as on a cluster the job is submitted to
         predicted = estimate(config)
         before = server.metrics() if server else None
