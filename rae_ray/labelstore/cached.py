@@ -13,7 +13,7 @@ import pyarrow as pa
 from rae_ray.config import StageComputeConfig
 from rae_ray.labelstore.store import LabelStore, publish_shard
 from rae_ray.runtime import actor_map, compact, progress, with_schema
-from rae_ray.stages.annotate import NO_IMAGE
+from rae_ray.stages.annotate import IMAGE_REJECTED, NO_IMAGE, NO_VISION
 from rae_ray.stages.captions import CAPTION_COLUMNS
 from rae_ray.stages.common import USAGE_COLUMNS, LLMStageConfig
 
@@ -29,6 +29,8 @@ class StageSpec:
     key: str
     stored: dict[str, pa.DataType]
     output: list[str]
+    # Results not stored although successful: labels judged without the image their key names.
+    unstored_image_status: tuple[str, ...] = ()
 
 
 GUIDELINE_SPEC = StageSpec(
@@ -43,6 +45,7 @@ LABEL_SPEC = StageSpec(
     output=["query", "product_id", "product_hash", "label_key", "grade", "label", "reasoning", "model",
             "prompt_version", "guideline_id", "caption_id", "image_id", "image_status", "cache_hit", "error",
             *USAGE_COLUMNS],
+    unstored_image_status=(NO_VISION, IMAGE_REJECTED),
 )
 CAPTION_SPEC = StageSpec(
     name="captions", store_kind="captions", key="caption_id",
@@ -157,7 +160,8 @@ def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, c
         misses = prepare_misses(misses)
     publish = None
     if store is not None:
-        publish = {"uri": store.folder(spec.store_kind), "storage": store.storage, "run_id": run_id}
+        publish = {"uri": store.folder(spec.store_kind), "storage": store.storage, "run_id": run_id,
+                   "unstored_image_status": spec.unstored_image_status}
     new = actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
                                          "config": stage_config, "publish": publish}, compute)
     return compact((new if hits is None else hits.union(new)).materialize())

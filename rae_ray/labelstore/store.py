@@ -37,11 +37,18 @@ def unpack_records(batch: pa.Table, columns: dict[str, pa.DataType], prefix: str
     return out
 
 
-def publish_shard(batch: pa.Table, uri: str, storage: Storage, run_id: str, only_successful: bool = True) -> pa.Table:
-    """Write a batch's successful rows as one new shard under `uri`, atomically; return the batch unchanged."""
+def publish_shard(batch: pa.Table, uri: str, storage: Storage, run_id: str, only_successful: bool = True,
+                  unstored_image_status: tuple[str, ...] = ()) -> pa.Table:
+    """Write a batch's successful rows as one new shard under `uri`, atomically; return the batch unchanged.
+
+    Rows whose `image_status` is in `unstored_image_status` are not stored: their key names an image that the
+    judge did not see (the endpoint refused it), so a later run that can send it must not take this label.
+    """
     rows = batch
     if only_successful and "error" in batch.column_names:
         rows = pl.from_arrow(batch).filter(pl.col("error").is_null()).to_arrow()
+    if unstored_image_status and "image_status" in rows.column_names:
+        rows = pl.from_arrow(rows).filter(~pl.col("image_status").is_in(list(unstored_image_status))).to_arrow()
     if rows.num_rows:
         storage.write_table(join_uri(uri, f"{run_id}-{uuid.uuid4().hex}.parquet"), rows)
     return batch

@@ -119,6 +119,11 @@ def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, capsy
     assert manifest["labels_by_image_status"] == {"no_vision": with_image, "missing": len(QUERIES)}
     assert (f"model sim-judge takes no images: {with_image} pairs judged on text (image_status no_vision)"
             in capsys.readouterr().err)
+    # A label judged without the image its key names is not stored: a later run that can send the image must not
+    # take it from the store. Only the pairs without an image were stored.
+    stored = pl.concat([pl.read_parquet(f) for f in (inputs / "out-blind" / "_store" / "labels").glob("*.parquet")])
+    assert stored.height == len(QUERIES)
+    assert set(stored["label_key"]) == set(labels.filter(pl.col("image_status") == "missing")["label_key"])
 
 
 REFUSED = {"r1": "http://169.254.169.254/latest/meta-data/iam/security-credentials/",  # the cloud metadata address

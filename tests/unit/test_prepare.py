@@ -90,3 +90,18 @@ def test_without_guidelines_ids_are_null_and_label_keys_still_tell_queries_apart
     ids = on.column("guideline_id").to_pylist()
     assert with_ids == [label_key(g, "h", "judge", "annotate-v1", scale) for g in ids]
     assert not set(with_ids) & set(keys)
+
+
+def test_labels_judged_without_the_image_their_key_names_are_not_stored(tmp_path):
+    import polars as pl
+
+    from rae_ray.io import Storage
+    from rae_ray.labelstore import publish_shard
+
+    batch = pa.table({"label_key": ["a", "b", "c", "d"], "grade": [2, 1, None, 0],
+                      "error": [None, None, "HTTP 400", None],
+                      "image_status": ["ok", "no_vision", "ok", "image_rejected"]})
+    returned = publish_shard(batch, str(tmp_path), Storage(), "run", unstored_image_status=("no_vision", "image_rejected"))
+    assert returned.equals(batch)  # the batch goes on unchanged
+    stored = pl.concat([pl.read_parquet(f) for f in tmp_path.glob("*.parquet")])
+    assert stored["label_key"].to_list() == ["a"]
