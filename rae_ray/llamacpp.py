@@ -153,6 +153,17 @@ def ensure_model() -> Path:
     return target
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started the server dies (Linux), so a test run or a
+    benchmark that is killed leaves no server behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -200,7 +211,7 @@ class LlamaServer:
                    "-c", str(self.ctx_size), "-np", str(self.slots), "-t", str(self.threads or os.cpu_count() or 2),
                    "--alias", self.alias, "--metrics", "--no-webui", *self.extra_args]
         self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent)
         os.close(handle)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
