@@ -29,7 +29,9 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from rae_ray.config import EndpointConfig, StageModelConfig
 from rae_ray.io import Storage, join_uri
 from rae_ray.llm import protocol
-from rae_ray.llm.client import CallResult, FatalEndpointError, LLMClient, parse_json_reply, redact
+from rae_ray.llm.client import CallResult, FatalEndpointError, LLMClient
+from rae_ray.llm.protocol import parse_json_reply
+from rae_ray.llm.redaction import redact
 from rae_ray.llm.schemas import response_format as schema_format
 
 CHAT_COMPLETIONS = "/v1/chat/completions"

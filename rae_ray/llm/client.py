@@ -10,9 +10,7 @@ permission), so the run stops instead of burning retries.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,45 +21,13 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from rae_ray.config import EndpointConfig, Price, StageModelConfig
 from rae_ray.llm import protocol
+from rae_ray.llm.protocol import estimate_tokens, parse_json_reply
 from rae_ray.llm.ratelimit import RateBudget
+from rae_ray.llm.redaction import redact
 from rae_ray.llm.schemas import response_format as schema_format
-
-_KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+)")
-
 
 class FatalEndpointError(RuntimeError):
     """The endpoint refuses every call (401/403): stop the run, do not retry."""
-
-
-# A run of this many characters of a secret is a fragment of it (servers echo keys partly, e.g. "sk-proj-****abcd").
-_FRAGMENT_CHARS = 8
-
-
-def _fragment_spans(text: str, secret: str) -> list[tuple[int, int]]:
-    """Merged (start, end) spans of `text` covered by runs of at least `_FRAGMENT_CHARS` characters of `secret`."""
-    pieces = {secret[i : i + _FRAGMENT_CHARS] for i in range(len(secret) - _FRAGMENT_CHARS + 1)}
-    spans: list[tuple[int, int]] = []
-    for start in range(len(text) - _FRAGMENT_CHARS + 1):
-        if text[start : start + _FRAGMENT_CHARS] in pieces:
-            end = start + _FRAGMENT_CHARS
-            if spans and start <= spans[-1][1]:
-                spans[-1] = (spans[-1][0], end)
-            else:
-                spans.append((start, end))
-    return spans
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove secrets, any run of 8+ of their characters, and anything shaped like an API key from a message."""
-    secrets = tuple(s for s in secrets if s and len(s) >= 4)
-    for secret in secrets:
-        text = text.replace(secret, "[REDACTED]")
-    text = _KEY_PATTERN.sub("[REDACTED]", text)
-    for secret in secrets:
-        if len(secret) >= _FRAGMENT_CHARS:
-            for start, end in reversed(_fragment_spans(text, secret)):
-                text = text[:start] + "[REDACTED]" + text[end:]
-    return text
 
 
 @dataclass
@@ -85,44 +51,6 @@ class CallResult:
         self.completion_tokens += usage.completion_tokens or 0
         details = getattr(usage, "prompt_tokens_details", None)
         self.cached_tokens += (getattr(details, "cached_tokens", 0) or 0) if details else 0
-
-
-def parse_json_reply(text: str | None) -> Any:
-    """JSON from a reply that may wrap it in prose or code fences."""
-    if not text:
-        raise ValueError("empty reply")
-    cleaned = text.strip()
-    if cleaned.startswith("```"):
-        cleaned = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", cleaned)
-    try:
-        return json.loads(cleaned)
-    except json.JSONDecodeError:
-        start, end = cleaned.find("{"), cleaned.rfind("}")
-        if start == -1 or end <= start:
-            raise ValueError(f"reply is not JSON: {text[:120]!r}") from None
-        return json.loads(cleaned[start : end + 1])
-
-
-def prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """A prompt's tokens before sending it: about 4 characters a token, 255 an image."""
-    chars = 0
-    images = 0
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        else:
-            for part in content or []:
-                if part.get("type") == "text":
-                    chars += len(part.get("text", ""))
-                else:
-                    images += 1
-    return -(-chars // 4) + 255 * images
-
-
-def estimate_tokens(messages: list[dict[str, Any]], max_output_tokens: int) -> int:
-    """A call's tokens before sending it (for rate limits): the prompt plus a typical reply."""
-    return prompt_tokens(messages) + min(max_output_tokens, 300)
 
 
 def _retry_after(error: openai.APIStatusError) -> float | None:
@@ -157,9 +85,7 @@ class LLMClient:
             return 0.0
         details = getattr(usage, "prompt_tokens_details", None)
         cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
-        prompt = (usage.prompt_tokens or 0) - cached
-        return (prompt * self._price.input_per_1m + cached * self._price.cached_input_per_1m
-                + (usage.completion_tokens or 0) * self._price.output_per_1m) / 1e6
+        return self._price.cost(usage.prompt_tokens or 0, cached, usage.completion_tokens or 0)
 
     def _backoff(self, attempt: int) -> float:
         base = min(self.endpoint.backoff_max_s, self.endpoint.backoff_base_s * 2**attempt)
