@@ -41,12 +41,8 @@ def stage_cost(config: RunConfig, stage: str, usage: dict[str, Any]) -> float | 
     price = config.pricing.get(getattr(config.llm, stage).model)
     if price is None:
         return None
-    uncached = usage["prompt_tokens"] - usage["cached_tokens"]
-    factor = price.batch_factor if getattr(getattr(config.llm, stage), "batch", False) else 1.0
-    return factor * (
-        uncached * price.input_per_1m + usage["cached_tokens"] * price.cached_input_per_1m
-        + usage["completion_tokens"] * price.output_per_1m
-    ) / 1e6
+    batch = bool(getattr(getattr(config.llm, stage), "batch", False))
+    return price.cost(usage["prompt_tokens"], usage["cached_tokens"], usage["completion_tokens"], batch=batch)
 
 
 def versions(guidelines: bool = True) -> dict[str, str]:

@@ -353,6 +353,14 @@ class Price(_Model):
         default=0.5, ge=0, le=1, description="Share of these prices paid through a Batch API (OpenAI: 0.5)."
     )
 
+    def cost(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int, batch: bool = False) -> float:
+        """USD for these tokens (`prompt_tokens` includes the cached ones); `batch`: at the Batch API's share.
+
+        The one price rule: the manifest, `rae-ray estimate`, the client and the cost guard all charge with it."""
+        factor = self.batch_factor if batch else 1.0
+        return factor * ((prompt_tokens - cached_tokens) * self.input_per_1m + cached_tokens * self.cached_input_per_1m
+                         + completion_tokens * self.output_per_1m) / 1e6
+
 
 class ImageConfig(_Model):
     mode: Literal["text", "caption", "direct"] = Field(

@@ -4,6 +4,12 @@ Requests become JSONL lines (`custom_id` = the row's store key), uploaded with p
 most 50,000 requests; each part is one batch; the runner polls until every batch is terminal, downloads its
 output and error files, and parses each result with the client's tolerant parse and schema check.
 
+Every call goes through the stage's `LLMClient` (its retries, key rules and budget): before a part is submitted the
+client asks the run's budget for all its requests; when the budget says stop (max_cost_usd reached) the part is
+not sent and its requests come back "not sent: <reason>", as online calls do. The cost of the results, at the
+Batch API's price, goes to the budget when they are read. A call that still fails after the client's retries
+leaves the requests of its part with the error (the state keeps the part: a rerun tries again).
+
 Resumable: every step is recorded in `<state_uri>/batch-state.json` (a local folder or an s3:// prefix) before the
 next one starts, beside each part's input and downloaded results. A runner started again on the same state
 picks up the submitted batches instead of sending them again: requests whose `custom_id` is already in a part
@@ -22,17 +28,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import openai
-from openai.types.chat import ChatCompletion
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel
 
-from rae_ray.config import EndpointConfig, StageModelConfig
+from rae_ray.config import StageModelConfig
 from rae_ray.io import Storage, join_uri
 from rae_ray.llm import protocol
-from rae_ray.llm.client import CallResult, FatalEndpointError, LLMClient, parse_json_reply, redact
-from rae_ray.llm.schemas import response_format as schema_format
+from rae_ray.llm.batch_lines import CHAT_COMPLETIONS, BatchRequest, parse_result_line, part_tokens, request_line
+from rae_ray.llm.client import CallResult, EndpointCallError, LLMClient
 
-CHAT_COMPLETIONS = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 STATE_FILE = "batch-state.json"
 MAX_REQUESTS_PER_BATCH = 50_000  # OpenAI's limit
@@ -45,14 +48,6 @@ class BatchStateError(RuntimeError):
 
 class BatchTimeout(TimeoutError):
     """The batches did not finish in the time given; run again with the same state to keep waiting."""
-
-
-@dataclass(frozen=True)
-class BatchRequest:
-    """One structured call of a batch: the row's store key and the chat messages (as for `LLMClient.structured`)."""
-
-    custom_id: str
-    messages: list[dict[str, Any]]
 
 
 @dataclass
@@ -95,68 +90,6 @@ class BatchState:
                    parts=[BatchPart(**part) for part in data["parts"]])
 
 
-def request_line(request: BatchRequest, output: type[BaseModel], schema_name: str, model: str | StageModelConfig,
-                 temperature: float = 0.0, max_output_tokens: int = 800, json_schema: bool = True,
-                 response_format: dict[str, Any] | None = None, length_limits: bool = False) -> str:
-    """One JSONL line of a batch input file: the body `LLMClient.structured` would send (same arguments)."""
-    body = protocol.request_body(request.messages, protocol.model_settings(model, temperature, max_output_tokens),
-                                 response_format or schema_format(output, schema_name), json_schema,
-                                 length_limits=length_limits)
-    return json.dumps({"custom_id": request.custom_id, "method": "POST", "url": CHAT_COMPLETIONS, "body": body},
-                      ensure_ascii=False)
-
-
-def parse_result_line(item: dict[str, Any], output: type[BaseModel], schema_name: str,
-                      check: Callable[[BaseModel], None] | None = None,
-                      settings: StageModelConfig | None = None) -> tuple[str, CallResult]:
-    """(custom_id, result) of one line of an output or error file; never raises for one bad result.
-
-    `settings`: what the requests were sent with (named in errors). A batch result is final: a cut reply is not
-    asked again (online calls are)."""
-    custom_id = str(item.get("custom_id"))
-    result = CallResult(calls=1)
-    response = item.get("response")
-    if not isinstance(response, dict):
-        error = item.get("error") or {}
-        result.error = f"batch request failed: {error.get('code') or 'error'}: {error.get('message') or 'no response'}"
-        result.calls = 0 if error.get("code") in ("batch_expired", "batch_cancelled") else 1
-        result.error_kind = protocol.NOT_SENT if result.calls == 0 else protocol.REFUSED
-        return custom_id, result
-    body = response.get("body") if isinstance(response.get("body"), dict) else {}
-    status = response.get("status_code")
-    if status != 200:
-        detail = protocol.error_fields(body)
-        kind = protocol.refusal_kind(detail)
-        if kind is not None:
-            model = settings.model if settings is not None else "?"
-            result.error_kind, result.error = kind, protocol.refusal_message(kind, detail, model)[:500]
-        else:
-            result.error_kind = protocol.TRANSPORT if status == 429 or (status or 0) >= 500 else protocol.REFUSED
-            result.error = f"HTTP {status}: {detail.get('message') or 'batch request failed'}"[:500]
-        return custom_id, result
-    try:
-        completion = ChatCompletion.model_validate(body)
-    except ValidationError as error:
-        result.error = f"the batch result is not a chat completion: {LLMClient._parse_problem(error)}"
-        return custom_id, result
-    result.add_usage(completion.usage)
-    choice = completion.choices[0] if completion.choices else None
-    content = choice.message.content if choice is not None else None
-    if choice is not None and choice.finish_reason == "length":
-        limit = settings.max_output_tokens if settings is not None else result.completion_tokens
-        result.error_kind, result.error = protocol.CUT, protocol.cut_message(limit, schema_name, False)
-        return custom_id, result
-    try:
-        value = output.model_validate(parse_json_reply(content))
-        if check is not None:
-            check(value)
-        result.value = value
-    except (ValueError, ValidationError) as error:
-        result.error_kind = protocol.UNPARSABLE
-        result.error = f"reply did not match the {schema_name} schema after 1 tries: {LLMClient._parse_problem(error)}"
-    return custom_id, result
-
-
 def _ids_uri(input_uri: str) -> str:
     return input_uri.removesuffix("-input.jsonl") + "-ids.json"
 
@@ -175,16 +108,17 @@ def write_part_files(storage: Storage, state_uri: str, custom_ids: Sequence[str]
 
 
 class BatchRunner:
-    """Submit, poll, download and parse the batches of one stage of one run; resumable from `state_uri`."""
+    """Submit, poll, download and parse the batches of one stage of one run through `client` (the stage's, with
+    its budget and price); resumable from `state_uri`."""
 
-    def __init__(self, endpoint: EndpointConfig, api_key: SecretStr, state_uri: str, storage: Storage | None = None,
+    def __init__(self, client: LLMClient, state_uri: str, storage: Storage | None = None,
                  poll_interval_s: float = 30.0, completion_window: str = "24h",
                  max_requests_per_batch: int = MAX_REQUESTS_PER_BATCH, max_bytes_per_batch: int = MAX_BYTES_PER_BATCH,
                  metadata: dict[str, str] | None = None):
         if not 1 <= max_requests_per_batch <= MAX_REQUESTS_PER_BATCH:
             raise ValueError(f"max_requests_per_batch must be between 1 and {MAX_REQUESTS_PER_BATCH}")
-        self.endpoint = endpoint
-        self._secret = api_key.get_secret_value()
+        self.client = client
+        self.endpoint = client.endpoint
         self.state_uri = state_uri
         self.storage = storage or Storage()
         self.poll_interval_s = poll_interval_s
@@ -192,9 +126,11 @@ class BatchRunner:
         self.max_requests = max_requests_per_batch
         self.max_bytes = max_bytes_per_batch
         self.metadata = dict(metadata or {})
-        self._client = openai.AsyncOpenAI(api_key=self._secret, base_url=endpoint.base_url,
-                                          max_retries=endpoint.max_retries, timeout=max(endpoint.timeout_s, 300.0))
         self.state = self._load()
+        self.stopped: str | None = None  # the budget's reason to submit no more parts (the cost limit)
+        self._failed: dict[int, EndpointCallError] = {}  # part index -> the call that failed it in this runner
+        self._reserved: dict[int, int] = {}  # part index -> tokens this runner asked the budget for
+        self._reported: set[int] = set()  # parts whose results this runner reported to the budget
 
     # -- state
 
@@ -223,6 +159,10 @@ class BatchRunner:
     def submitted_ids(self) -> set[str]:
         """custom_ids already in a part (from the state folder)."""
         return {custom_id for part in self.state.parts for custom_id in self._part_ids(part)}
+
+    def _pending(self) -> list[BatchPart]:
+        """Parts with a batch still to wait for (not done, and not failed in this runner)."""
+        return [p for p in self.state.parts if p.batch_id is not None and not p.done and p.index not in self._failed]
 
     # -- steps
 
@@ -256,61 +196,71 @@ class BatchRunner:
         self._save()
         return part
 
-    async def _call(self, what: str, coroutine):
-        try:
-            return await coroutine
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-            raise FatalEndpointError(f"endpoint {self.endpoint.base_url} refused the API key ({error.status_code}) "
-                                     f"while {what}") from None
-        except openai.APIError as error:
-            raise RuntimeError(redact(f"batch mode: {what} failed: {error}", (self._secret,))[:500]) from None
-
     async def _find_batch(self, input_file_id: str) -> str | None:
         """A batch already created from this input file (the runner died before recording its id)."""
-        page = await self._call("listing batches", self._client.batches.list(limit=100))
-        return next((batch.id for batch in page.data if batch.input_file_id == input_file_id), None)
+        batches = await self.client.list_batches(limit=100)
+        return next((batch.id for batch in batches if batch.input_file_id == input_file_id), None)
 
     async def submit(self) -> None:
-        """Upload every recorded part not uploaded yet and create its batch (idempotent across restarts)."""
+        """Upload every recorded part not uploaded yet and create its batch (idempotent across restarts), each
+        after the budget allowed it; once the budget says stop, no further part is submitted."""
         for part in self.state.parts:
-            if part.input_file_id is None:
-                data = self.storage.read_bytes(part.input_uri)
-                uploaded = await self._call(
-                    f"uploading part {part.index}",
-                    self._client.files.create(file=(f"rae-ray-part-{part.index:05d}.jsonl", data), purpose="batch"))
-                part.input_file_id, part.status = uploaded.id, "uploaded"
+            if self.stopped is not None:
+                return
+            if part.batch_id is None and part.index not in self._failed:
+                try:
+                    await self._submit(part)
+                except EndpointCallError as error:
+                    self._failed[part.index] = error
+                    if part.index in self._reserved:  # nothing was sent: the budget gets its estimate back
+                        self.client.report_batch(self._reserved.pop(part.index), [])
+
+    async def _submit(self, part: BatchPart) -> None:
+        if part.input_file_id is not None:
+            part.batch_id = await self._find_batch(part.input_file_id)
+            if part.batch_id is not None:
                 self._save()
-            if part.batch_id is None:
-                part.batch_id = await self._find_batch(part.input_file_id)
-                if part.batch_id is None:
-                    batch = await self._call(f"creating the batch of part {part.index}", self._client.batches.create(
-                        input_file_id=part.input_file_id, endpoint=CHAT_COMPLETIONS,
-                        completion_window=self.completion_window,
-                        metadata={**self.metadata, "rae_ray_part": str(part.index)}))
-                    part.batch_id, part.status = batch.id, batch.status
-                self._save()
+                return
+        data = self.storage.read_bytes(part.input_uri)
+        tokens = part_tokens(data)
+        self.stopped = await self.client.reserve_batch(tokens)
+        if self.stopped is not None:
+            return
+        self._reserved[part.index] = tokens
+        if part.input_file_id is None:
+            uploaded = await self.client.upload_file(f"rae-ray-part-{part.index:05d}.jsonl", data)
+            part.input_file_id, part.status = uploaded.id, "uploaded"
+            self._save()
+        batch = await self.client.create_batch(part.input_file_id, CHAT_COMPLETIONS, self.completion_window,
+                                               metadata={**self.metadata, "rae_ray_part": str(part.index)})
+        part.batch_id, part.status = batch.id, batch.status
+        self._save()
 
     async def poll(self) -> bool:
-        """Look at every unfinished batch once; download the files of those that ended. True when all are done."""
-        for part in self.state.parts:
-            if part.done or part.batch_id is None:
-                continue
-            batch = await self._call(f"retrieving batch {part.batch_id}", self._client.batches.retrieve(part.batch_id))
-            part.status = batch.status
-            counts = batch.request_counts
-            part.request_counts = {"total": counts.total, "completed": counts.completed, "failed": counts.failed} \
-                if counts else {}
-            part.errors = [e.model_dump() for e in (batch.errors.data or [])] if batch.errors else []
-            if batch.status in TERMINAL:
-                for attr, file_id in (("output_uri", batch.output_file_id), ("error_uri", batch.error_file_id)):
-                    if file_id:
-                        content = await self._call(f"downloading {file_id}", self._client.files.content(file_id))
-                        uri = part.input_uri.removesuffix("-input.jsonl") + f"-{attr.split('_')[0]}.jsonl"
-                        self.storage.write_bytes(uri, content.read())
-                        setattr(part, attr, uri)
-                part.downloaded = True
-            self._save()
-        return self.state.done
+        """Look at every unfinished batch once; download the files of those that ended. True when none is left
+        to wait for (parts not submitted, because the budget said stop or a call failed, are not waited for)."""
+        for part in self._pending():
+            try:
+                await self._poll(part)
+            except EndpointCallError as error:
+                self._failed[part.index] = error
+        return not self._pending()
+
+    async def _poll(self, part: BatchPart) -> None:
+        batch = await self.client.retrieve_batch(part.batch_id)
+        part.status = batch.status
+        counts = batch.request_counts
+        part.request_counts = {"total": counts.total, "completed": counts.completed, "failed": counts.failed} \
+            if counts else {}
+        part.errors = [e.model_dump() for e in (batch.errors.data or [])] if batch.errors else []
+        if batch.status in TERMINAL:
+            for attr, file_id in (("output_uri", batch.output_file_id), ("error_uri", batch.error_file_id)):
+                if file_id:
+                    uri = part.input_uri.removesuffix("-input.jsonl") + f"-{attr.split('_')[0]}.jsonl"
+                    self.storage.write_bytes(uri, await self.client.file_content(file_id))
+                    setattr(part, attr, uri)
+            part.downloaded = True
+        self._save()
 
     async def wait(self, timeout_s: float | None = None, on_poll: Callable[[BatchState], None] | None = None) -> None:
         """Poll until every batch is done; `BatchTimeout` after `timeout_s` (the state stays: run again to resume)."""
@@ -319,24 +269,32 @@ class BatchRunner:
             if on_poll is not None:
                 on_poll(self.state)
             if timeout_s is not None and time.monotonic() - started > timeout_s:
-                pending = [p.batch_id for p in self.state.parts if not p.done]
+                pending = [p.batch_id for p in self._pending()]
                 raise BatchTimeout(f"batches {pending} not finished after {timeout_s:g}s; state in {self.state_uri}")
             await asyncio.sleep(self.poll_interval_s)
+
+    def _part_lines(self, part: BatchPart) -> Iterator[dict[str, Any]]:
+        for uri in (part.output_uri, part.error_uri):
+            if uri is not None:
+                for line in self.storage.read_bytes(uri).decode().splitlines():
+                    if line.strip():
+                        yield json.loads(line)
 
     def result_lines(self) -> Iterator[dict[str, Any]]:
         """Every downloaded result line (output and error files of all parts)."""
         for part in self.state.parts:
-            for uri in (part.output_uri, part.error_uri):
-                if uri is None:
-                    continue
-                for line in self.storage.read_bytes(uri).decode().splitlines():
-                    if line.strip():
-                        yield json.loads(line)
+            yield from self._part_lines(part)
 
     def _unanswered(self, part_of: dict[str, BatchPart], custom_id: str) -> CallResult:
         part = part_of.get(custom_id)
         if part is None:
             return CallResult(error="not sent: no batch holds this request", error_kind=protocol.NOT_SENT)
+        if part.index in self._failed:
+            failed = self._failed[part.index]
+            kept = f"; batch {part.batch_id} is kept: run again to pick it up" if part.batch_id else ""
+            return CallResult(error=f"batch mode: {failed}{kept}"[:500], error_kind=failed.kind)
+        if part.batch_id is None and self.stopped is not None:
+            return CallResult(error=f"not sent: {self.stopped}", error_kind=protocol.NOT_SENT)
         if part.status == "failed":
             first = (part.errors or [{}])[0]
             where = f" (line {first['line']})" if first.get("line") else ""
@@ -364,16 +322,27 @@ class BatchRunner:
         await self.wait(timeout_s, on_poll)
         wanted = set(ids)
         results: dict[str, CallResult] = {}
-        for item in self.result_lines():
-            custom_id, result = parse_result_line(item, output, schema_name, check, settings)
-            if custom_id in wanted:
-                results[custom_id] = result
+        for part in self.state.parts:
+            if not part.done:
+                continue
+            parsed = [parse_result_line(item, output, schema_name, check, settings) for item in self._part_lines(part)]
+            self._report(part, [result for _, result in parsed])
+            results.update((custom_id, result) for custom_id, result in parsed if custom_id in wanted)
         missing = wanted - results.keys()
         if missing:
             part_of = self._parts_by_id(missing)
             for custom_id in missing:
                 results[custom_id] = self._unanswered(part_of, custom_id)
         return results
+
+    def _report(self, part: BatchPart, results: list[CallResult]) -> None:
+        """A part's real tokens and cost to the budget, once per runner (a part submitted by an earlier runner
+        was not reserved by this one: its tokens are not taken from this minute's bucket)."""
+        if part.index in self._reported:
+            return
+        self._reported.add(part.index)
+        used = sum(r.prompt_tokens + r.completion_tokens for r in results)
+        self.client.report_batch(self._reserved.pop(part.index, used), results)
 
     def _parts_by_id(self, ids: set[str]) -> dict[str, BatchPart]:
         return {custom_id: part for part in self.state.parts for custom_id in self._part_ids(part) if custom_id in ids}
@@ -382,10 +351,4 @@ class BatchRunner:
         """Ask the endpoint to cancel every unfinished batch (their partial results are still downloaded)."""
         for part in self.state.parts:
             if part.batch_id is not None and part.status not in TERMINAL:
-                try:
-                    await self._client.batches.cancel(part.batch_id)
-                except openai.ConflictError:  # it ended meanwhile: nothing to cancel
-                    pass
-
-    async def close(self) -> None:
-        await self._client.close()
+                await self.client.cancel_batch(part.batch_id)

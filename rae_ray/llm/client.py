@@ -1,67 +1,52 @@
 """The one LLM client: structured output, tolerant parsing, bounded re-ask, retries, usage, redaction.
 
-Retries, backoff and concurrency limits live here and nowhere else. A call never raises for one bad row:
-it returns a `CallResult` whose `error` says what went wrong and whose `error_kind` (see `protocol`) says what
-kind of failure it was. Answers no retry can change (a model that takes no images, a prompt over the context)
-are not retried. It raises `FatalEndpointError` only when no further call can succeed (bad API key, no
-permission), so the run stops instead of burning retries.
+Retries, backoff, concurrency limits, the run's budget and the price live here and nowhere else. A call never
+raises for one bad row: it returns a `CallResult` whose `error` says what went wrong and whose `error_kind` (see
+`protocol`) says what kind of failure it was. Answers no retry can change (a model that takes no images, a prompt
+over the context) are not retried. It raises `FatalEndpointError` only when no further call can succeed (bad API
+key, no permission), so the run stops instead of burning retries.
+
+Batch mode (`batch.BatchRunner`) sends through the same client: the Files and Batch API calls below follow the
+same retry and key rules, and a provider batch asks the budget for all its requests before it is submitted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
+from openai.types import Batch, FileObject
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from rae_ray.config import EndpointConfig, Price, StageModelConfig
 from rae_ray.llm import protocol
+from rae_ray.llm.protocol import estimate_tokens, parse_json_reply
 from rae_ray.llm.ratelimit import RateBudget
+from rae_ray.llm.redaction import redact
 from rae_ray.llm.schemas import response_format as schema_format
 
-_KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+)")
+# Uploads and downloads of batch files (up to 200 MB at OpenAI) get at least this long, whatever `timeout_s` says.
+FILE_TIMEOUT_S = 300.0
+T = TypeVar("T")
 
 
 class FatalEndpointError(RuntimeError):
     """The endpoint refuses every call (401/403): stop the run, do not retry."""
 
 
-# A run of this many characters of a secret is a fragment of it (servers echo keys partly, e.g. "sk-proj-****abcd").
-_FRAGMENT_CHARS = 8
+class EndpointCallError(RuntimeError):
+    """A Files or Batch API call that failed: refused (4xx) or still failing after the retries. Redacted.
 
+    `kind`: `protocol.REFUSED` or `protocol.TRANSPORT`, as a structured call's `error_kind` would say."""
 
-def _fragment_spans(text: str, secret: str) -> list[tuple[int, int]]:
-    """Merged (start, end) spans of `text` covered by runs of at least `_FRAGMENT_CHARS` characters of `secret`."""
-    pieces = {secret[i : i + _FRAGMENT_CHARS] for i in range(len(secret) - _FRAGMENT_CHARS + 1)}
-    spans: list[tuple[int, int]] = []
-    for start in range(len(text) - _FRAGMENT_CHARS + 1):
-        if text[start : start + _FRAGMENT_CHARS] in pieces:
-            end = start + _FRAGMENT_CHARS
-            if spans and start <= spans[-1][1]:
-                spans[-1] = (spans[-1][0], end)
-            else:
-                spans.append((start, end))
-    return spans
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove secrets, any run of 8+ of their characters, and anything shaped like an API key from a message."""
-    secrets = tuple(s for s in secrets if s and len(s) >= 4)
-    for secret in secrets:
-        text = text.replace(secret, "[REDACTED]")
-    text = _KEY_PATTERN.sub("[REDACTED]", text)
-    for secret in secrets:
-        if len(secret) >= _FRAGMENT_CHARS:
-            for start, end in reversed(_fragment_spans(text, secret)):
-                text = text[:start] + "[REDACTED]" + text[end:]
-    return text
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -87,46 +72,15 @@ class CallResult:
         self.cached_tokens += (getattr(details, "cached_tokens", 0) or 0) if details else 0
 
 
-def parse_json_reply(text: str | None) -> Any:
-    """JSON from a reply that may wrap it in prose or code fences."""
-    if not text:
-        raise ValueError("empty reply")
-    cleaned = text.strip()
-    if cleaned.startswith("```"):
-        cleaned = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", cleaned)
-    try:
-        return json.loads(cleaned)
-    except json.JSONDecodeError:
-        start, end = cleaned.find("{"), cleaned.rfind("}")
-        if start == -1 or end <= start:
-            raise ValueError(f"reply is not JSON: {text[:120]!r}") from None
-        return json.loads(cleaned[start : end + 1])
+def _transient(error: Exception) -> bool:
+    """Worth asking again: 408, 409, 425, 429, 5xx, timeouts and dropped connections."""
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in (408, 409, 425, 429) or error.status_code >= 500
+    return isinstance(error, openai.APIConnectionError)
 
 
-def prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """A prompt's tokens before sending it: about 4 characters a token, 255 an image."""
-    chars = 0
-    images = 0
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        else:
-            for part in content or []:
-                if part.get("type") == "text":
-                    chars += len(part.get("text", ""))
-                else:
-                    images += 1
-    return -(-chars // 4) + 255 * images
-
-
-def estimate_tokens(messages: list[dict[str, Any]], max_output_tokens: int) -> int:
-    """A call's tokens before sending it (for rate limits): the prompt plus a typical reply."""
-    return prompt_tokens(messages) + min(max_output_tokens, 300)
-
-
-def _retry_after(error: openai.APIStatusError) -> float | None:
-    headers = getattr(error.response, "headers", None) or {}
+def _retry_after(error: Exception) -> float | None:
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = headers.get(name)
         if value:
@@ -157,9 +111,7 @@ class LLMClient:
             return 0.0
         details = getattr(usage, "prompt_tokens_details", None)
         cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
-        prompt = (usage.prompt_tokens or 0) - cached
-        return (prompt * self._price.input_per_1m + cached * self._price.cached_input_per_1m
-                + (usage.completion_tokens or 0) * self._price.output_per_1m) / 1e6
+        return self._price.cost(usage.prompt_tokens or 0, cached, usage.completion_tokens or 0)
 
     def _backoff(self, attempt: int) -> float:
         base = min(self.endpoint.backoff_max_s, self.endpoint.backoff_base_s * 2**attempt)
@@ -208,12 +160,7 @@ class LLMClient:
                         result.calls += 1
                         response = await self._client.chat.completions.create(**body)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-                # Sticky: the calls queued behind this one stop without a request of their own.
-                self._fatal = FatalEndpointError(
-                    f"endpoint {self.endpoint.base_url} refused the API key ({error.status_code}); check "
-                    f"{self.endpoint.api_key_env}: " + redact(str(error.message), (self._secret,))
-                )
-                raise self._fatal from None
+                raise self._key_refused(error) from None
             except openai.APIStatusError as error:
                 fields = protocol.error_fields(error.body)
                 kind = protocol.refusal_kind(fields)
@@ -222,15 +169,15 @@ class LLMClient:
                     result.error_kind = kind
                     result.error = redact(protocol.refusal_message(kind, fields, settings.model), (self._secret,))[:500]
                     break
-                if error.status_code in (408, 409, 425, 429) or error.status_code >= 500:
-                    if await self._retry(result, error, transport_failures, _retry_after(error)):
+                if _transient(error):
+                    if await self._retry(result, error, transport_failures):
                         transport_failures += 1
                         continue
                     break
                 result.error_kind, result.error = protocol.REFUSED, self._describe(error)
                 break
             except openai.APIConnectionError as error:  # timeouts too
-                if await self._retry(result, error, transport_failures, None):
+                if await self._retry(result, error, transport_failures):
                     transport_failures += 1
                     continue
                 break
@@ -278,16 +225,28 @@ class LLMClient:
         result.seconds = time.monotonic() - started
         return result
 
-    async def _retry(self, result: CallResult, error: Exception, failures: int, wait: float | None) -> bool:
+    async def _retry(self, result: CallResult, error: Exception, failures: int) -> bool:
         described = self._describe(error)
         result.attempts_log.append(described)
         if failures >= self.endpoint.max_retries:
             result.error_kind = protocol.TRANSPORT
             result.error = f"gave up after {failures + 1} attempts: {described}"
             return False
-        delay = self._backoff(failures) if wait is None else min(wait, self.endpoint.backoff_max_s) + random.uniform(0, 0.25)
-        await asyncio.sleep(delay)
+        await asyncio.sleep(self._delay(error, failures))
         return True
+
+    def _delay(self, error: Exception, failures: int) -> float:
+        """Seconds before the next attempt: the server's Retry-After (capped at backoff_max_s), else backoff."""
+        wait = _retry_after(error)
+        return self._backoff(failures) if wait is None else min(wait, self.endpoint.backoff_max_s) + random.uniform(0, 0.25)
+
+    def _key_refused(self, error: openai.APIStatusError) -> FatalEndpointError:
+        """The run's end on a 401/403. Sticky: the calls queued behind this one stop without a request of their own."""
+        self._fatal = FatalEndpointError(
+            f"endpoint {self.endpoint.base_url} refused the API key ({error.status_code}); check "
+            f"{self.endpoint.api_key_env}: " + redact(str(error.message), (self._secret,))
+        )
+        return self._fatal
 
     def _describe(self, error: Exception) -> str:
         if isinstance(error, openai.APIStatusError):
@@ -343,6 +302,89 @@ class LLMClient:
                     f"endpoint {self.endpoint.base_url} answered GET /models with {self._describe(error)}"
                     + (f" ({attempts} attempts)" if transient else "")
                 ) from None
+
+    # -- the Files and Batch APIs (batch mode), under the same rules
+
+    async def _request(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One call of the endpoint's other APIs: a 401/403 stops the run (`FatalEndpointError`), 429, 5xx and
+        timeouts are retried with backoff honouring Retry-After; any other answer, or one still failing after the
+        retries, raises `EndpointCallError` saying `what` failed."""
+        failures = 0
+        while True:
+            if self._fatal is not None:
+                raise FatalEndpointError(*self._fatal.args)
+            try:
+                return await call()
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+                raise self._key_refused(error) from None
+            except (openai.APIStatusError, openai.APIConnectionError) as error:
+                described = self._describe(error)
+                if not _transient(error):
+                    raise EndpointCallError(f"{what}: {described}", protocol.REFUSED) from None
+                if failures >= self.endpoint.max_retries:
+                    raise EndpointCallError(f"{what}: gave up after {failures + 1} attempts: {described}",
+                                            protocol.TRANSPORT) from None
+                await asyncio.sleep(self._delay(error, failures))
+                failures += 1
+
+    async def upload_file(self, filename: str, data: bytes, purpose: str = "batch") -> FileObject:
+        """POST /files; returns the file object."""
+        timeout = max(self.endpoint.timeout_s, FILE_TIMEOUT_S)
+        return await self._request(f"uploading {filename}", lambda: self._client.files.create(
+            file=(filename, data), purpose=purpose, timeout=timeout))
+
+    async def file_content(self, file_id: str) -> bytes:
+        """GET /files/{id}/content."""
+
+        async def download() -> bytes:
+            content = await self._client.files.content(file_id, timeout=max(self.endpoint.timeout_s, FILE_TIMEOUT_S))
+            return content.read()
+
+        return await self._request(f"downloading {file_id}", download)
+
+    async def create_batch(self, input_file_id: str, endpoint: str, completion_window: str,
+                           metadata: dict[str, str] | None = None) -> Batch:
+        """POST /batches; returns the batch object."""
+        return await self._request(f"creating the batch of {input_file_id}", lambda: self._client.batches.create(
+            input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window, metadata=metadata))
+
+    async def retrieve_batch(self, batch_id: str) -> Batch:
+        return await self._request(f"retrieving batch {batch_id}", lambda: self._client.batches.retrieve(batch_id))
+
+    async def list_batches(self, limit: int = 100) -> list[Batch]:
+        """The newest `limit` batches (one page)."""
+        page = await self._request("listing batches", lambda: self._client.batches.list(limit=limit))
+        return list(page.data)
+
+    async def cancel_batch(self, batch_id: str) -> Batch | None:
+        """Ask to cancel a batch; None if it had ended already (409)."""
+
+        async def cancel() -> Batch | None:
+            try:
+                return await self._client.batches.cancel(batch_id)
+            except openai.ConflictError:
+                return None
+
+        return await self._request(f"cancelling batch {batch_id}", cancel)
+
+    async def reserve_batch(self, tokens_estimate: int) -> str | None:
+        """Before a provider batch is submitted: ask the budget for all its requests at once (`tokens_estimate`:
+        their estimates summed). Returns why it must not be sent (the cost limit reached), else None."""
+        if self._budget is None:
+            return None
+        return await self._budget.acquire_batch(tokens_estimate)
+
+    def report_batch(self, tokens_estimated: int, results: Iterable[CallResult]) -> float:
+        """After a provider batch's results came back: its real tokens and its cost at the Batch API's price to
+        the budget (nothing came back: the estimate is given back). Returns the cost."""
+        prompt = cached = completion = 0
+        for result in results:
+            prompt, cached, completion = (prompt + result.prompt_tokens, cached + result.cached_tokens,
+                                          completion + result.completion_tokens)
+        cost = self._price.cost(prompt, cached, completion, batch=True) if self._price is not None else 0.0
+        if self._budget is not None:
+            self._budget.report(tokens_estimated, prompt + completion, cost)
+        return cost
 
     async def close(self) -> None:
         await self._client.close()

@@ -1,5 +1,6 @@
-"""What a structured call sends (the body, per kind of model and endpoint) and how to read the refusals that come
-back: the kinds of failure a `CallResult` names in its `error_kind`.
+"""What a structured call sends (the body, per kind of model and endpoint; its tokens, estimated before sending),
+how to read its reply, and the refusals that come back: the kinds of failure a `CallResult` names in its
+`error_kind`.
 
 The online client and batch mode build their request bodies here, so both send the same thing.
 """
@@ -30,6 +31,44 @@ _NO_IMAGES = re.compile(
 )
 # How they say the prompt is longer than the context: llama.cpp, OpenAI and vLLM.
 _CONTEXT = re.compile(r"exceeds the available context size|maximum context length is", re.IGNORECASE)
+
+
+def parse_json_reply(text: str | None) -> Any:
+    """JSON from a reply that may wrap it in prose or code fences."""
+    if not text:
+        raise ValueError("empty reply")
+    cleaned = text.strip()
+    if cleaned.startswith("```"):
+        cleaned = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", cleaned)
+    try:
+        return json.loads(cleaned)
+    except json.JSONDecodeError:
+        start, end = cleaned.find("{"), cleaned.rfind("}")
+        if start == -1 or end <= start:
+            raise ValueError(f"reply is not JSON: {text[:120]!r}") from None
+        return json.loads(cleaned[start : end + 1])
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """A prompt's tokens before sending it: about 4 characters a token, 255 an image."""
+    chars = 0
+    images = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        else:
+            for part in content or []:
+                if part.get("type") == "text":
+                    chars += len(part.get("text", ""))
+                else:
+                    images += 1
+    return -(-chars // 4) + 255 * images
+
+
+def estimate_tokens(messages: list[dict[str, Any]], max_output_tokens: int) -> int:
+    """A call's tokens before sending it (for rate limits): the prompt plus a typical reply."""
+    return prompt_tokens(messages) + min(max_output_tokens, 300)
 
 
 def model_settings(model: str | StageModelConfig, temperature: float = 0.0,

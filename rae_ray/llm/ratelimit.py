@@ -158,19 +158,34 @@ class RateBudget:
     async def acquire(self, tokens_estimate: int) -> str | None:
         """Wait until one request may be sent; returns a reason to stop instead (cost limit reached)."""
         async with self._lock:
-            while self._available <= 0:
-                if self.stopped:
-                    return self.stopped
-                grant = await self._handle().acquire.remote(self.key, self.chunk, tokens_estimate)
-                if grant.stop:
-                    self.stopped = grant.stop
-                    return grant.stop
-                if grant.requests:
-                    self._available += grant.requests
-                else:
-                    await asyncio.sleep(grant.wait_s)
+            if self._available <= 0:
+                granted, stop = await self._grant(self.chunk, tokens_estimate)
+                if stop is not None:
+                    return stop
+                self._available += granted
             self._available -= 1
             return None
+
+    async def acquire_batch(self, tokens_estimate: int) -> str | None:
+        """Wait until a provider batch (all its requests, `tokens_estimate` their tokens summed) may be submitted;
+        returns a reason to stop instead. Asked of the actor for this batch alone, never taken from the chunk kept
+        for online calls, so every batch meets the cost guard; one bigger than the token bucket goes into debt."""
+        async with self._lock:
+            _, stop = await self._grant(1, tokens_estimate)
+            return stop
+
+    async def _grant(self, requests: int, tokens_per_request: int) -> tuple[int, str | None]:
+        """Ask the actor until it grants some of `requests`: (how many, None), or (0, why to stop)."""
+        while True:
+            if self.stopped:
+                return 0, self.stopped
+            grant = await self._handle().acquire.remote(self.key, requests, tokens_per_request)
+            if grant.stop:
+                self.stopped = grant.stop
+                return 0, grant.stop
+            if grant.requests:
+                return grant.requests, None
+            await asyncio.sleep(grant.wait_s)
 
     def report(self, tokens_estimated: int, tokens_used: int, cost_usd: float) -> None:
         self._handle().report.remote(self.key, tokens_estimated, tokens_used, cost_usd)

@@ -39,6 +39,7 @@ def build_parser(prog: str = "python -m rae_ray.sim") -> argparse.ArgumentParser
     for kind in ERROR_KINDS:
         name = f"error_rate_{kind}"
         parser.add_argument("--" + name.replace("_", "-"), type=float, help=doc(name))
+    parser.add_argument("--batch-api-failures", type=int, help=doc("batch_api_failures"))
     parser.add_argument("--timeout-hold-s", type=float, help=doc("timeout_hold_s"))
     parser.add_argument("--retry-after-s", type=int, help=doc("retry_after_s"))
     parser.add_argument("--seed", type=int, help=doc("seed"))

@@ -11,7 +11,8 @@ because it queues, which the sim shortens to moments), then `finalizing` and `co
 OpenAI's shape: successes in the output file as
 `{"id", "custom_id", "response": {"status_code": 200, "request_id", "body": <chat completion>}, "error": null}`,
 failed requests in the error file with the failing `status_code` and an `{"error": ...}` body. Error injection
-applies per request: `malformed` answers 200 with a broken reply, every other kind answers 500. An input file
+applies per request: `malformed` answers 200 with a broken reply, every other kind answers 500; the routes a
+runner calls answer 429 and 503 themselves with `batch_api_failures`. An input file
 that does not validate (bad JSON, missing or duplicate custom_id, wrong url or method, over 50,000 lines)
 makes the batch `failed` with `errors.data` naming the line. Files and batches live in memory.
 """
@@ -30,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
+from rae_ray.sim.faults import BusyRoutes
 from rae_ray.sim.protocol import ApiError, answer, completion_body, read_prompt, render, task_of
 from rae_ray.sim.refusals import check_modes
 
@@ -120,6 +122,7 @@ class BatchService:
         self.batches: dict[str, SimBatch] = {}
         self.tasks: set[asyncio.Task] = set()
         self.counters: collections.Counter = collections.Counter()
+        self.busy = BusyRoutes(server.config.batch_api_failures, server.config.retry_after_s)
 
     # -- files
 
@@ -243,7 +246,7 @@ class BatchService:
     async def get_stats(self, request: web.Request) -> web.Response:
         by_status = collections.Counter(b.status for b in self.batches.values())
         return web.json_response({"simulated": True, **self.counters, "batches_by_status": dict(by_status),
-                                  "files": len(self.files)})
+                                  "files": len(self.files), "batch_api_refused": self.busy.refused})
 
     # -- processing
 
@@ -369,12 +372,14 @@ BATCH_SERVICE_KEY = web.AppKey("rae_sim_batches", BatchService)
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def _answering_errors(handler: Handler) -> Handler:
-    """Errors in OpenAI's shape, as `/v1/chat/completions` answers them."""
+def _answering_errors(handler: Handler, busy: Callable[[], None] | None = None) -> Handler:
+    """Errors in OpenAI's shape, as `/v1/chat/completions` answers them; `busy` may refuse the call first."""
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.Response:
         try:
+            if busy is not None:
+                busy()
             return await handler(request)
         except ApiError as error:
             return error.response()
@@ -397,8 +402,12 @@ def register_batch_routes(app: web.Application, server: Any, **timing: Any) -> B
         ("POST", "/v1/batches/{batch_id}/cancel", service.cancel_batch),
         ("GET", "/stats/batches", service.get_stats),
     ]
+    busy = ("POST /v1/files", "GET /v1/files/{file_id}/content", "POST /v1/batches", "GET /v1/batches",
+            "GET /v1/batches/{batch_id}")  # the routes a runner calls: refused first with batch_api_failures
     for method, path, handler in routes:
-        app.router.add_route(method, path, _answering_errors(handler))
+        route = f"{method} {path}"
+        check = functools.partial(service.busy.check, route) if route in busy else None
+        app.router.add_route(method, path, _answering_errors(handler, check))
     app[BATCH_SERVICE_KEY] = service
 
     async def _stop_processing(app: web.Application) -> None:

@@ -37,6 +37,11 @@ class SimConfig(BaseModel):
         0.0, ge=0, le=1, description="Share held for timeout_hold_s seconds, then answered 504."
     )
     error_rate_reset: float = Field(0.0, ge=0, le=1, description="Share whose connection is closed mid-response.")
+    batch_api_failures: int = Field(
+        0, ge=0, description="The first N calls of each Files and Batch API route a batch runner uses (upload, "
+        "download, create, retrieve, list) are refused, 429 with Retry-After (retry_after_s) and 503 in turn, as a "
+        "busy Batch API answers; later calls are served.",
+    )
     timeout_hold_s: float = Field(60.0, ge=0, description="How long an injected timeout holds the request, seconds.")
     retry_after_s: int = Field(1, ge=1, description="Retry-After of injected 429s, seconds.")
     seed: int = Field(0, description="Seed of the error and latency random generators.")

@@ -1,5 +1,5 @@
 """Faults the simulated endpoint injects on purpose: errors drawn at the configured rates, malformed replies,
-connections dropped mid-response, and the Retry-After headers of a 429."""
+connections dropped mid-response, the Retry-After headers of a 429, and busy Batch API routes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from rae_ray.sim.config import ERROR_KINDS, SimConfig
+from rae_ray.sim.protocol import ApiError
 
 
 class FaultInjector:
@@ -78,3 +79,22 @@ async def reset_midway(request: web.Request, body: bytes, hard: bool = False) ->
         transport.close()
     response.force_close()
     return response
+
+
+class BusyRoutes:
+    """The first `failures` calls of each route refused, 429 with Retry-After and 503 in turn (`batch_api_failures`)."""
+
+    def __init__(self, failures: int, retry_after_s: float) -> None:
+        self.failures, self.retry_after_s = failures, retry_after_s
+        self.calls: dict[str, int] = {}
+        self.refused = 0
+
+    def check(self, route: str) -> None:
+        calls = self.calls[route] = self.calls.get(route, 0) + 1
+        if calls > self.failures:
+            return
+        self.refused += 1
+        if calls % 2:
+            raise ApiError(429, f"Too many requests (injected, simulated). Please try again in {self.retry_after_s:.0f}s.",
+                           type_="requests", code="rate_limit_exceeded", headers=retry_headers(self.retry_after_s))
+        raise ApiError(503, "The server is overloaded (injected, simulated).", type_="server_error", code="overloaded")

@@ -13,9 +13,7 @@ from rae_ray.llm.client import CallResult
 from rae_ray.llm.prompts import annotation_messages, annotation_prompt_version
 from rae_ray.llm.protocol import IMAGE_UNSUPPORTED
 from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, RelevanceJudgement, judgement_format
-from rae_ray.stages.common import (
-    LLMStageConfig, gather_calls, make_client, missing_columns, stage_api_key, usage_columns,
-)
+from rae_ray.stages.common import LLMStageConfig, gather_calls, make_client, missing_columns, usage_columns
 
 # Longer product text is cut before it reaches a prompt (a 1 MB title must not become a 1 MB request).
 MAX_FIELD_CHARS = {"title": 500, "brand": 200, "category": 300, "description": 2000, "attributes": 2000}
@@ -134,16 +132,14 @@ class AnnotateStage:
             return [None] * len(rows)
         # The same requests find the same state again (a rerun picks up the batch it submitted before).
         name = hashlib.sha256(json.dumps(sorted(r.custom_id for r in requests)).encode()).hexdigest()[:20]
+        # Through the stage's client: its retries, its key (from this actor's environment) and the run's budget.
         runner = BatchRunner(
-            self.config.endpoint, stage_api_key(self.config), join_uri(self.config.batch_state_uri, name),
+            self.client, join_uri(self.config.batch_state_uri, name),
             storage=Storage(self.config.s3_endpoint_url, self.config.s3_region), poll_interval_s=model.batch_poll_s,
             completion_window=model.batch_completion_window, metadata={"rae_ray_stage": "annotate"},
         )
-        try:
-            by_id = await runner.run(requests, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model, check=self._check,
-                                     response_format=self.response_format)
-        finally:
-            await runner.close()
+        by_id = await runner.run(requests, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model, check=self._check,
+                                 response_format=self.response_format)
         return [by_id[i] if i is not None else None for i in ids]
 
     async def __call__(self, batch: pa.Table) -> pa.Table:

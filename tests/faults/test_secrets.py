@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pydantic import SecretStr
 
 from rae_ray.cli import main
 from rae_ray.config import ConfigError, EndpointConfig, config_from_dict
+from rae_ray.llm.batch import BatchRunner
 from rae_ray.llm.client import FatalEndpointError, LLMClient, redact
 from rae_ray.llm.prompts import guideline_messages
 from rae_ray.llm.schemas import GUIDELINE_SCHEMA_NAME, QueryGuideline
@@ -132,8 +134,14 @@ def test_the_key_is_in_no_actor_argument(monkeypatch, tmp_path):
                   "publish": None}
         assert leaks(cloudpickle.dumps(kwargs).decode("latin-1")) == [], stage
         assert leaks(built.model_dump_json()) == [] and leaks(repr(built)) == []
-        KeyedStage(AnnotateStage, LABEL_SPEC.key, LABEL_SPEC.output, built)  # the actor finds the key itself
+        keyed = KeyedStage(AnnotateStage, LABEL_SPEC.key, LABEL_SPEC.output, built)  # the actor finds the key itself
     assert "api_key" not in LLMStageConfig.model_fields
+    # Batch mode: the runner is built on the stage's client (which read the key itself), never handed the key.
+    parameters = inspect.signature(BatchRunner).parameters
+    assert "client" in parameters and [p for p in parameters if "key" in p or "secret" in p] == []
+    assert keyed.stage.config.model.batch and keyed.stage.client._secret == PLANTED_KEY
+    runner = BatchRunner(keyed.stage.client, str(tmp_path / "state"), metadata={"rae_ray_stage": "annotate"})
+    assert leaks(repr({name: value for name, value in vars(runner).items() if name != "client"})) == []
 
 
 def test_workers_without_the_key_stop_the_run_naming_the_variable(ray_local, chorus, tmp_path, monkeypatch):

@@ -203,3 +203,34 @@ def test_annotation_through_the_batch_api(ray_local, chorus, tmp_path):
     stored = list((tmp_path / "out" / "_store" / "labels").glob("*.parquet"))
     assert sum(pq.read_metadata(p).num_rows for p in stored) == pairs.height
     assert again["llm_calls"] == {"guidelines": 0, "annotate": 0} and after["batches_created"] == batches["batches_created"]
+
+
+def test_batch_mode_stops_at_the_cost_limit(ray_local, sim, chorus, tmp_path):
+    """llm.annotate.batch with max_cost_usd: each provider batch asks the run's budget first; once the judgements'
+    cost (at the batch price) reaches the limit no batch is submitted, the run ends stopped_at_cost_limit and the
+    pairs not sent are in errors/ saying so. Sent judgements are bounded as online: the limit, plus the batches
+    already granted when it was reached (one actor, one batch at a time here: one batch)."""
+    log = pl.read_parquet(chorus / "search_log.parquet")
+    queries = sorted(log["query"].unique())[:4]
+    log.filter(pl.col("query").is_in(queries)).write_parquet(tmp_path / "log.parquet")
+    pairs = log.filter(pl.col("query").is_in(queries) & (pl.col("rank") <= 10)).select("query", "product_id").unique()
+    batch_size, max_cost_usd = 16, 8.0
+    config = base_config(sim.base_url, tmp_path / "out", run_id="batched-capped", max_cost_usd=max_cost_usd)
+    config["input"] = {"log": str(tmp_path / "log.parquet"), "catalog": "sample:products.parquet"}
+    config["llm"]["guidelines"] = {"model": "sim-guide"}  # no price: only the judgements cost
+    config["llm"]["annotate"].update(batch=True, batch_poll_s=0.1)
+    config["compute"]["annotate"] = {"batch_size": batch_size, "max_actors": 1, "max_concurrent_batches": 1}
+    config["pricing"] = {"sim-judge": {"input_per_1m": 1000.0, "cached_input_per_1m": 1000.0, "output_per_1m": 1000.0}}
+    before = sim._call("GET", "/stats/batches")
+    result = run(config_from_dict(config))
+    after = sim._call("GET", "/stats/batches")
+    manifest = result.manifest
+    sent, cost = manifest["llm_calls"]["annotate"], manifest["cost_usd"]["annotate"]
+    assert manifest["status"] == "stopped_at_cost_limit"
+    assert 0 < sent < pairs.height and after["batch_requests"] - before.get("batch_requests", 0) == sent
+    assert cost >= max_cost_usd and sent <= max_cost_usd / (cost / sent) + batch_size
+    errors = read_output(tmp_path / "out" / "batched-capped", "errors").filter(pl.col("stage") == "annotate")
+    assert errors.height == pairs.height - sent == manifest["errors"]["annotate"]
+    assert errors["reason"].str.starts_with(f"not sent: max_cost_usd {max_cost_usd:g} reached (spent ").all()
+    labels = read_output(tmp_path / "out" / "batched-capped", "labels")
+    assert labels.filter(pl.col("grade").is_not_null()).height == sent

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import SecretStr
 
 from rae_ray.config import EndpointConfig
 from rae_ray.llm.batch import BatchRequest, BatchRunner, BatchStateError, parse_result_line, request_line
-from rae_ray.llm.client import LLMClient
+from rae_ray.llm.client import FatalEndpointError, LLMClient
 from rae_ray.llm.prompts import annotation_messages
 from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, RelevanceJudgement, response_format
 from rae_ray.sim import SimConfig, create_app
@@ -97,12 +98,14 @@ def requests(n: int, prefix: str = "key") -> list[BatchRequest]:
     return out
 
 
-def endpoint(sim) -> EndpointConfig:
-    return EndpointConfig(base_url=sim.base_url, api_key_required=False)
+def endpoint(sim, **settings: Any) -> EndpointConfig:
+    return EndpointConfig(base_url=sim.base_url, api_key_required=False, **settings)
 
 
-def runner(sim, state: Path, **kwargs: Any) -> BatchRunner:
-    return BatchRunner(endpoint(sim), SecretStr("sim"), str(state), poll_interval_s=0.02, **kwargs)
+def runner(sim, state: Path, client: LLMClient | None = None, **kwargs: Any) -> BatchRunner:
+    """A runner on its own client (the annotate stage hands it the stage's)."""
+    return BatchRunner(client or LLMClient(endpoint(sim), SecretStr("sim")), str(state), poll_interval_s=0.02,
+                       **kwargs)
 
 
 def check_grade(judgement: RelevanceJudgement) -> None:
@@ -115,7 +118,7 @@ async def run_batch(batch_runner: BatchRunner, batch: list[BatchRequest], **kwar
         return await batch_runner.run(batch, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, MODEL, check=check_grade,
                                       timeout_s=60, **kwargs)
     finally:
-        await batch_runner.close()
+        await batch_runner.client.close()
 
 
 def jsonl(batch: list[BatchRequest]) -> bytes:
@@ -301,7 +304,7 @@ def test_restarted_runner_picks_up_the_batch_instead_of_resubmitting(sim, tmp_pa
         first = runner(sim, state)
         first.write_parts((r.custom_id, request_line(r, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, MODEL)) for r in batch)
         await first.submit()
-        await first.close()  # the driver dies here: batch submitted, never polled
+        await first.client.close()  # the driver dies here: batch submitted, never polled
 
     before = batch_stats(sim)
     run(submit_and_die())
@@ -329,7 +332,7 @@ def test_batch_created_before_its_id_was_recorded_is_found_again(sim, tmp_path):
         part = first.state.parts[0]
         part.batch_id = None  # as if the process died between batches.create and writing the state
         first._save()
-        await first.close()
+        await first.client.close()
 
     before = batch_stats(sim)
     run(upload_create_and_die())
@@ -383,4 +386,53 @@ def test_state_of_another_endpoint_is_not_resumed(sim, tmp_path):
     run(run_batch(runner(sim, state), requests(2)))
     other = EndpointConfig(base_url="http://127.0.0.1:9/v1", api_key_required=False)
     with pytest.raises(BatchStateError, match="use another state folder"):
-        BatchRunner(other, SecretStr("x"), str(state))
+        BatchRunner(LLMClient(other, SecretStr("x")), str(state))
+
+
+# -- through the client's rules: retries, key ---------------------------------------------------------------
+
+
+def test_busy_batch_api_is_retried_by_the_clients_rules(tmp_path):
+    """Every route a runner calls answers 429 (Retry-After 5 s) then 503 before it serves: the client retries each
+    within its max_retries, waiting Retry-After capped at backoff_max_s (not the 5 s an SDK would wait)."""
+    with SimThread(batch_api_failures=2, retry_after_s=5) as busy:
+        client = LLMClient(endpoint(busy, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.3), SecretStr("sim"))
+        started = time.monotonic()
+        results = run(run_batch(runner(busy, tmp_path / "state", client=client), requests(4)))
+        seconds = time.monotonic() - started
+        stats = batch_stats(busy)
+    assert len(results) == 4 and all(r.value is not None and r.error is None for r in results.values())
+    assert stats["files_uploaded"] == stats["batches_created"] == 1
+    # upload, create, retrieve and download: each refused twice, then served
+    assert stats["batch_api_refused"] == 8 and stats["batch_retrievals"] >= 1
+    assert seconds < 5.0, seconds  # four 429s waited 0.3 s (+ jitter) each, never Retry-After's 5 s
+
+
+def test_batch_api_still_failing_after_the_retries_leaves_the_error_in_each_row(tmp_path):
+    """Upload refused more often than max_retries allows: no exception, every request carries the transport error
+    (as an online call would), nothing is created, and the state keeps the part for a rerun."""
+    batch = requests(3)
+    with SimThread(batch_api_failures=3, retry_after_s=1) as busy:
+        client = LLMClient(endpoint(busy, max_retries=1, backoff_base_s=0.01, backoff_max_s=0.05), SecretStr("sim"))
+        results = run(run_batch(runner(busy, tmp_path / "state", client=client), batch))
+        stats = batch_stats(busy)
+        # A rerun on the same state sends the part (the busy route serves from the fourth call on).
+        again = run(run_batch(runner(busy, tmp_path / "state"), batch))
+    assert set(results) == {r.custom_id for r in batch}
+    assert all(r.value is None and r.error_kind == "transport" and r.calls == 0 for r in results.values())
+    assert all(r.error.startswith("batch mode: uploading rae-ray-part-00000.jsonl: gave up after 2 attempts: HTTP ")
+               for r in results.values())
+    assert stats.get("files_uploaded", 0) == stats.get("batches_created", 0) == 0 and stats["batch_api_refused"] == 2
+    assert all(r.value is not None for r in again.values())
+
+
+def test_refused_key_on_the_batch_api_stops_at_once_without_leaking_it(tmp_path):
+    key = "sk-rae-test-PLANTED-0123456789"
+    with SimThread(api_key="sk-rae-test-RIGHT-9876543210") as sim_with_key:
+        client = LLMClient(endpoint(sim_with_key, max_retries=5), SecretStr(key))
+        with pytest.raises(FatalEndpointError) as raised:
+            run(run_batch(runner(sim_with_key, tmp_path / "state", client=client), requests(2)))
+        stats = batch_stats(sim_with_key)
+    message = str(raised.value)
+    assert "refused the API key (401)" in message and key not in message and key[:12] not in message
+    assert stats.get("files_uploaded", 0) == 0

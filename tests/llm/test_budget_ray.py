@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -10,6 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from rae_ray.config import EndpointConfig, Price
+from rae_ray.llm.batch import BatchRequest, BatchRunner
 from rae_ray.llm.client import LLMClient
 from rae_ray.llm.prompts import annotation_messages
 from rae_ray.llm.ratelimit import RateBudget, budget_actor_class, make_bucket
@@ -119,3 +121,51 @@ def test_cost_guard_overshoot_is_bounded_by_the_requests_in_flight(ray_local, sl
     sent = sum(1 for r in results if r.calls)
     per_call = state["cost_usd"] / sent
     assert sent <= 4.0 / per_call + 1 + n_clients * (max_concurrent + chunk)
+
+
+def test_batch_mode_asks_the_budget_before_each_batch_and_stops_at_the_cost_limit(ray_local, sim, tmp_path):
+    """Provider batches of 5 judgements one after another, as an annotate actor sends its Ray Data batches: each is
+    granted by the budget before it is submitted, its cost (at the batch price) reported when its results come back;
+    once the cost limit is reached no batch is submitted and their requests come back "not sent"."""
+    n_batches, per_batch, max_cost_usd = 8, 5, 2.0
+    endpoint = EndpointConfig(base_url=sim.base_url, api_key_required=False)
+    key = f"{sim.base_url}|{MODEL}"
+    before = sim._call("GET", "/stats/batches")
+    name, handle = start_budget(ray_local, key, None, max_cost_usd=max_cost_usd)
+
+    async def judge_in_batches():
+        client = LLMClient(endpoint, SecretStr("sim"), budget=RateBudget(name, "rae-ray", key), price=PRICE)
+        out = []
+        try:
+            for b in range(n_batches):
+                requests = [BatchRequest(f"b{b}-{i}", annotation_messages("usb c cable", GUIDELINE, SCALE, PRODUCTS[i]))
+                            for i in range(per_batch)]
+                runner = BatchRunner(client, str(tmp_path / f"batch-{b}"), poll_interval_s=0.02)
+                out.append(await runner.run(requests, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, MODEL, timeout_s=60))
+        finally:
+            await client.close()
+        return out
+
+    try:
+        by_batch = asyncio.run(judge_in_batches())
+        state = ray_local.get(handle.state.remote())
+    finally:
+        ray_local.kill(handle)
+    after = sim._call("GET", "/stats/batches")
+    results = [r for batch in by_batch for r in batch.values()]
+    sent = [r for r in results if r.calls]
+    not_sent = [r for r in results if not r.calls]
+    # The budget's cost is the batch share of the price of what came back, no more, no less.
+    full = sum(PRICE.cost(r.prompt_tokens, r.cached_tokens, r.completion_tokens) for r in sent)
+    assert state["stopped"] is True and state["cost_usd"] == pytest.approx(PRICE.batch_factor * full, rel=1e-9)
+    assert all(r.value is not None and r.error is None for r in sent)
+    # Stopped at the first batch that found the limit reached: the batches before it, whole, and nothing after.
+    per_call = state["cost_usd"] / len(sent)
+    assert len(sent) % per_batch == 0 and max_cost_usd <= state["cost_usd"] < max_cost_usd + per_batch * per_call
+    assert not_sent and all(r.value is None and r.error_kind == "not_sent" and r.prompt_tokens == 0 and
+                            r.error.startswith("not sent: max_cost_usd 2 reached (spent ") for r in not_sent)
+    assert after["batches_created"] - before.get("batches_created", 0) == len(sent) // per_batch
+    assert after["batch_requests"] - before.get("batch_requests", 0) == len(sent)
+    # A batch not sent is recorded, not uploaded: a run with a higher limit on the same state sends it.
+    last = json.loads((tmp_path / f"batch-{n_batches - 1}" / "batch-state.json").read_text())
+    assert [(p["status"], p["input_file_id"], p["batch_id"]) for p in last["parts"]] == [("written", None, None)]
