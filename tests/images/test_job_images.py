@@ -94,14 +94,15 @@ def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inp
             assert labels["caption_id"].null_count() == labels.height
 
 
-def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, capsys):
+def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, s3_bucket, capsys):
     """llama.cpp without its mmproj answers an image 500: every pair is still labelled, on text, in a few calls."""
     from rae_ray.sim.process import SimProcess
 
     with SimProcess(vision=False) as blind:
         config = base_config(blind.base_url, inputs / "out-blind", run_id="blind",
                              input={"log": str(inputs / "log.parquet"), "catalog": str(inputs / "catalog.parquet")},
-                             images={"mode": "direct", "allow_hosts": ["127.0.0.1"], "timeout_s": 5})
+                             images={"mode": "direct", "allow_hosts": ["127.0.0.1"], "allow_buckets": [s3_bucket],
+                                     "timeout_s": 5})
         config["llm"]["endpoints"]["default"]["max_retries"] = 6
         # One actor, one batch of 4 pairs at a time: it learns from its first batch, the rest go text-only.
         config["compute"]["annotate"] = {"batch_size": 4, "max_actors": 1, "max_concurrent_batches": 1}

@@ -76,8 +76,7 @@ def test_guideline_id_depends_on_what_decides_a_guideline():
 
 
 def test_without_guidelines_ids_are_null_and_label_keys_still_tell_queries_apart():
-    from rae_ray.labelstore import add_label_keys, label_key
-    from rae_ray.labelstore import add_guideline_ids
+    from rae_ray.labelstore.keys import add_guideline_ids, add_label_keys, label_key
 
     pairs = pa.table({"query": ["Red Shoe", "red shoe", "blue shoe"], "product_hash": ["h", "h", "h"]})
     scale = [{"grade": 1, "name": "yes", "description": ""}, {"grade": 0, "name": "no", "description": ""}]
