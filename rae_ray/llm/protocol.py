@@ -24,6 +24,7 @@ REFUSED = "refused"  # any other 4xx answer (a bad parameter, an image the serve
 TRANSPORT = "transport"  # 429, 5xx, timeouts, dropped connections: still failing after the retries
 NOT_SENT = "not_sent"  # never sent: the cost limit was reached, or no batch held the request
 
+NO_IMAGES_ERROR = "the endpoint takes no images"  # how a row's error starts when the model takes no images
 # How servers say a model takes no images: llama.cpp (HTTP 500, no mmproj loaded), OpenAI (400), vLLM (400).
 _NO_IMAGES = re.compile(
     r"image input is not supported|image_url is only supported by certain models|is not a multimodal model",
@@ -148,7 +149,7 @@ def refusal_message(kind: str, fields: Mapping[str, Any], model: str) -> str:
     """The row's error for a refusal of `refusal_kind`: what to change, then the server's own words."""
     message = str(fields.get("message") or "").strip()
     if kind == IMAGE_UNSUPPORTED:
-        return f"the endpoint takes no images (model {model}): {message}"
+        return f"{NO_IMAGES_ERROR} (model {model}): {message}"
     prompt, context = fields.get("n_prompt_tokens"), fields.get("n_ctx")  # llama.cpp says both
     if isinstance(prompt, int) and isinstance(context, int):
         return (f"prompt too long for the model's context: request ({prompt} tokens) exceeds the available "

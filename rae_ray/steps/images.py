@@ -12,6 +12,7 @@ from rae_ray.io import join_uri, s3_endpoint
 from rae_ray.labelstore.cached import CAPTION_SPEC, cached_stage, output_schema
 from rae_ray.labelstore.keys import add_caption_ids
 from rae_ray.llm.prompts import CAPTION_PROMPT_VERSION
+from rae_ray.llm.protocol import NO_IMAGES_ERROR
 from rae_ray.runtime import Job, actor_map, compact, left_join, progress, to_polars, with_schema, write
 from rae_ray.stages.annotate import NO_IMAGE
 from rae_ray.stages.captions import CAPTION_COLUMNS, CaptionStage
@@ -65,6 +66,11 @@ def attach_images(job: Job, pairs, caption_config: LLMStageConfig | None) -> tup
         captioned = cached_stage(unique, CAPTION_SPEC, CaptionStage, caption_config, config.compute.captions,
                                  store=job.store, run_id=job.run_id, parts=job.parts)
         images.captioned = captioned
+        no_vision = captioned.map_batches(_refused_for_no_vision, batch_format="pyarrow").count()
+        if no_vision:  # the actors' own warnings stay in Ray's logs: the console hears it once, here
+            progress(f"captions: endpoint {caption_config.endpoint.base_url} model {config.llm.captions.model} takes "
+                     f"no images: {no_vision} images not described; their pairs are judged on text "
+                     "(image_status caption_failed)")
         captions = _captions_per_url(job, keyed, captioned).materialize()
         write(captions, job.layout.path("captions"), job.storage, "captions")
         images.captions = captions
@@ -78,6 +84,11 @@ def attach_images(job: Job, pairs, caption_config: LLMStageConfig | None) -> tup
 
 def _without_images(batch: pa.Table) -> pa.Table:
     return batch.append_column("image_status", pa.array([NO_IMAGE] * batch.num_rows, pa.string()))
+
+
+def _refused_for_no_vision(batch: pa.Table) -> pa.Table:
+    """The caption rows whose call the endpoint refused because its model takes no images."""
+    return pl.from_arrow(batch.select(["error"])).filter(pl.col("error").str.starts_with(NO_IMAGES_ERROR)).to_arrow()
 
 
 def _first_row(group: pa.Table) -> pa.Table:

@@ -127,6 +127,34 @@ def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, s3_bu
     assert set(stored["label_key"]) == set(labels.filter(pl.col("image_status") == "missing")["label_key"])
 
 
+
+def test_caption_mode_against_an_endpoint_without_vision(ray_local, inputs, s3_bucket, capsys):
+    """A vision model that takes no images: no caption, every pair judged on text, and the console says why once."""
+    from rae_ray.sim.process import SimProcess
+
+    with SimProcess(vision=False) as blind:
+        config = base_config(blind.base_url, inputs / "out-blind-captions", run_id="blind",
+                             input={"log": str(inputs / "log.parquet"), "catalog": str(inputs / "catalog.parquet")},
+                             images={"mode": "caption", "allow_hosts": ["127.0.0.1"], "allow_buckets": [s3_bucket],
+                                     "timeout_s": 5})
+        config["llm"]["captions"] = {"model": "sim-vision"}
+        config["llm"]["endpoints"]["default"]["max_retries"] = 6
+        run(config_from_dict(config))
+        stats = blind.stats()
+    root = inputs / "out-blind-captions" / "blind"
+    labels = read_output(root, "labels")
+    assert labels.height == len(QUERIES) * len(PHOTOS) and labels["grade"].null_count() == 0
+    status = dict(zip(labels["product_id"], labels["image_status"]))
+    assert status == {p: "caption_failed" if c else "missing" for p, c in PHOTOS.items()}
+    captions = read_output(root, "captions").filter(pl.col("image_status") == "ok")
+    assert captions["caption"].null_count() == captions.height
+    assert captions["error"].str.starts_with("the endpoint takes no images (model sim-vision)").all()
+    unique_images = len(PHOTOS) - 1 - len(SAME_IMAGE)  # m6 has no photo; m7 shows m1's
+    assert 1 <= stats["by_status"].get("500", 0) <= unique_images  # never retried: at most one call per image
+    assert (f"model sim-vision takes no images: {unique_images} images not described; their pairs are judged on "
+            "text" in capsys.readouterr().err)
+
+
 REFUSED = {"r1": "http://169.254.169.254/latest/meta-data/iam/security-credentials/",  # the cloud metadata address
            "r2": "file:///etc/passwd", "r3": "http://169.254.169.254/computeMetadata/v1/"}
 
