@@ -94,20 +94,27 @@ def test_grades_follow_the_pixels_in_caption_and_direct_mode(ray_local, sim, inp
             assert labels["caption_id"].null_count() == labels.height
 
 
-def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, s3_bucket, capsys):
-    """llama.cpp without its mmproj answers an image 500: every pair is still labelled, on text, in a few calls."""
+def run_without_vision(inputs, s3_bucket, folder: str, mode: str, **compute):
+    """The job in `mode` against a simulated endpoint whose model takes no images; returns its folder and /stats."""
     from rae_ray.sim.process import SimProcess
 
     with SimProcess(vision=False) as blind:
-        config = base_config(blind.base_url, inputs / "out-blind", run_id="blind",
+        config = base_config(blind.base_url, inputs / folder, run_id="blind",
                              input={"log": str(inputs / "log.parquet"), "catalog": str(inputs / "catalog.parquet")},
-                             images={"mode": "direct", "allow_hosts": ["127.0.0.1"], "allow_buckets": [s3_bucket],
+                             images={"mode": mode, "allow_hosts": ["127.0.0.1"], "allow_buckets": [s3_bucket],
                                      "timeout_s": 5})
+        config["llm"]["captions"] = {"model": "sim-vision"}
         config["llm"]["endpoints"]["default"]["max_retries"] = 6
-        # One actor, one batch of 4 pairs at a time: it learns from its first batch, the rest go text-only.
-        config["compute"]["annotate"] = {"batch_size": 4, "max_actors": 1, "max_concurrent_batches": 1}
+        config["compute"].update(compute)
         run(config_from_dict(config))
-        stats = blind.stats()
+        return inputs / folder / "blind", blind.stats()
+
+
+def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, s3_bucket, capsys):
+    """llama.cpp without its mmproj answers an image 500: every pair is still labelled, on text, in a few calls."""
+    # One actor, one batch of 4 pairs at a time: it learns from its first batch, the rest go text-only.
+    _, stats = run_without_vision(inputs, s3_bucket, "out-blind", "direct",
+                                  annotate={"batch_size": 4, "max_actors": 1, "max_concurrent_batches": 1})
     labels = read_output(inputs / "out-blind" / "blind", "labels")
     pairs, with_image = len(QUERIES) * len(PHOTOS), len(QUERIES) * (len(PHOTOS) - 1)
     assert labels.height == pairs and labels["grade"].null_count() == 0 and labels["error"].null_count() == pairs
@@ -130,18 +137,7 @@ def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, s3_bu
 
 def test_caption_mode_against_an_endpoint_without_vision(ray_local, inputs, s3_bucket, capsys):
     """A vision model that takes no images: no caption, every pair judged on text, and the console says why once."""
-    from rae_ray.sim.process import SimProcess
-
-    with SimProcess(vision=False) as blind:
-        config = base_config(blind.base_url, inputs / "out-blind-captions", run_id="blind",
-                             input={"log": str(inputs / "log.parquet"), "catalog": str(inputs / "catalog.parquet")},
-                             images={"mode": "caption", "allow_hosts": ["127.0.0.1"], "allow_buckets": [s3_bucket],
-                                     "timeout_s": 5})
-        config["llm"]["captions"] = {"model": "sim-vision"}
-        config["llm"]["endpoints"]["default"]["max_retries"] = 6
-        run(config_from_dict(config))
-        stats = blind.stats()
-    root = inputs / "out-blind-captions" / "blind"
+    root, stats = run_without_vision(inputs, s3_bucket, "out-blind-captions", "caption")
     labels = read_output(root, "labels")
     assert labels.height == len(QUERIES) * len(PHOTOS) and labels["grade"].null_count() == 0
     status = dict(zip(labels["product_id"], labels["image_status"]))
