@@ -1,4 +1,4 @@
-"""`rae-ray` (also `python -m rae_ray`): demo, run, sim, metrics, estimate."""
+"""`rae-ray` (also `python -m rae_ray`): demo, run, sim, metrics, estimate, sweep, store."""
 
 from __future__ import annotations
 
@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--rater-columns", help="columns of individual raters in --human, comma separated")
     metrics.add_argument("--out", required=True, help="output folder; writes OUT/metrics, agreement, review, trec, report.html")
     metrics.set_defaults(func=cmd_metrics)
+
+    from rae_ray.labelstore.commands import add_parser as add_store_parser
+
+    add_store_parser(sub)
     return parser
 
 

@@ -31,3 +31,12 @@ def read_output(root: Path, name: str) -> pl.DataFrame:
     files = sorted((root / name).glob("*.parquet"))
     assert files, f"no parquet files in {root / name}"
     return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
+
+def stored_records(table: Path, storage_options: dict | None = None) -> pl.DataFrame:
+    """Every record of one label-store table (a Delta table, e.g. OUT/_store/labels), read by polars; empty if none yet."""
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(str(table), storage_options=storage_options):
+        return pl.DataFrame({"label_key": []}, schema={"label_key": pl.Utf8})
+    return pl.read_delta(str(table), storage_options=storage_options)

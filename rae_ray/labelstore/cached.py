@@ -161,7 +161,7 @@ def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, c
     publish = None
     if store is not None:
         publish = {"uri": store.folder(spec.store_kind), "storage": store.storage, "run_id": run_id,
-                   "unstored_image_status": spec.unstored_image_status}
+                   "unstored_image_status": spec.unstored_image_status, "key": spec.key}
     new = actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
                                          "config": stage_config, "publish": publish}, compute)
     return compact((new if hits is None else hits.union(new)).materialize())

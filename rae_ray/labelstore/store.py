@@ -1,110 +1,185 @@
-"""Shards of the label store: reading them (one record per key), joining them onto a dataset, publishing new ones.
+"""The label store: one Delta Lake table per kind, joined onto a run's rows by key, appended to batch by batch.
 
-Shards are only ever added, each under a fresh name and published atomically (a local file is written to a
-temporary name and renamed; an S3 object appears whole when its upload completes), so runs sharing a store
-at the same time never overwrite each other and a reader never sees half a shard. Only successful results
-are stored: a failed call is retried by the next run. Two runs may store the same key; lookups take one
-record per key (a consistent whole record, never a mix).
+Each published batch is one Delta commit (atomic: readers see all of it or none of it); concurrent runs append
+concurrently and every commit lands (delta-rs retries a commit that lost the race; on S3 it commits with a
+conditional put). Only successful results are stored: a failed call is retried by the next run. Two runs may
+store the same key; lookups take one whole record per key (`delta.one_per_key`), and `rae-ray store compact`
+keeps only that one. See docs/label_store.md.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rae_ray.io import Storage, join_uri
+from rae_ray.labelstore.delta import (
+    BUCKET, KIND_KEYS, RUN_ID, STORED_AT, Table, as_record_batch, bucket_of, log_io, one_per_key, read_records,
+)
 
-RECORD = "_store_record"
-
-
-def pack_records(batch: pa.Table, key: str, columns: list[str]) -> pa.Table:
-    """(key, one JSON text of the stored columns): lets a max-aggregate pick one whole record per key."""
-    rows = batch.select(columns).to_pylist()
-    records = [json.dumps(row, sort_keys=True, default=str) for row in rows]
-    return pa.table({key: batch.column(key), RECORD: pa.array(records, pa.string())})
+LOOKUP_BUCKET = "_store_bucket"
+_VERIFIED: set[str] = set()  # tables this process has checked are not in the earlier format
 
 
-def unpack_records(batch: pa.Table, columns: dict[str, pa.DataType], prefix: str) -> pa.Table:
-    """Inverse of `pack_records` after a join: stored columns as `prefix + name` (null where no record)."""
-    records = [json.loads(r) if r is not None else {} for r in batch.column(RECORD).to_pylist()]
-    out = batch.drop_columns([RECORD])
-    for name, dtype in columns.items():
-        out = out.append_column(prefix + name, pa.array([r.get(name) for r in records], dtype))
-    return out
+def key_of(uri: str, batch: pa.Table, key: str | None = None) -> str:
+    """The key column of a kind's table: given, else the kind's (its folder's name), else a known key in the batch."""
+    if key:
+        return key
+    kind = uri.rstrip("/").rsplit("/", 1)[-1]
+    if kind in KIND_KEYS:
+        return KIND_KEYS[kind]
+    found = [k for k in KIND_KEYS.values() if k in batch.column_names]
+    if len(found) != 1:
+        raise ValueError(f"{uri}: cannot tell the store key of these rows (columns {batch.column_names}); pass key=")
+    return found[0]
 
 
 def publish_shard(batch: pa.Table, uri: str, storage: Storage, run_id: str, only_successful: bool = True,
-                  unstored_image_status: tuple[str, ...] = ()) -> pa.Table:
-    """Write a batch's successful rows as one new shard under `uri`, atomically; return the batch unchanged.
+                  unstored_image_status: tuple[str, ...] = (), key: str | None = None) -> pa.Table:
+    """Append a batch's successful rows to the kind's table at `uri` as one commit; return the batch unchanged.
 
     Rows whose `image_status` is in `unstored_image_status` are not stored: their key names an image that the
     judge did not see (the endpoint refused it), so a later run that can send it must not take this label.
     """
     rows = batch
     if only_successful and "error" in batch.column_names:
-        rows = pl.from_arrow(batch).filter(pl.col("error").is_null()).to_arrow()
+        rows = rows.filter(pc.is_null(rows.column("error")))
     if unstored_image_status and "image_status" in rows.column_names:
-        rows = pl.from_arrow(rows).filter(~pl.col("image_status").is_in(list(unstored_image_status))).to_arrow()
+        refused = pc.is_in(rows.column("image_status"), value_set=pa.array(list(unstored_image_status), pa.string()))
+        rows = rows.filter(pc.invert(pc.fill_null(refused, False)))
     if rows.num_rows:
-        storage.write_table(join_uri(uri, f"{run_id}-{uuid.uuid4().hex}.parquet"), rows)
+        table = Table(uri, storage)
+        if uri not in _VERIFIED:
+            table.open()  # raises on a folder of the earlier format, before a Delta log hides its shards
+            _VERIFIED.add(uri)
+        table.append(as_record_batch(rows, key_of(uri, rows, key), run_id))
     return batch
+
+
+def _add_lookup_bucket(batch: pa.Table, key: str) -> pa.Table:
+    return batch.append_column(LOOKUP_BUCKET, pc.fill_null(bucket_of(batch.column(key)), ""))
+
+
+def attach(rows: pa.Table, stored: pa.Table, key: str, columns: dict[str, pa.DataType], prefix: str) -> pa.Table:
+    """`rows` with the stored columns of each row's key as `prefix + name` (null where none), rows unchanged."""
+    if stored.num_rows:
+        key_type = rows.schema.field(key).type
+        index = pc.index_in(rows.column(key), value_set=stored.column(key).cast(key_type))
+        picked = stored.take(index)
+    else:
+        picked = None
+    out = rows
+    for name, dtype in columns.items():
+        if picked is not None and name in picked.column_names:
+            column = picked.column(name).cast(dtype)
+        else:
+            column = pa.nulls(rows.num_rows, dtype)
+        out = out.append_column(prefix + name, column)
+    return out
+
+
+def join_bucket(rows: pa.Table, files: dict[str, list[dict]], uri: str, storage: Storage, key: str,
+                columns: dict[str, pa.DataType], prefix: str) -> pa.Table:
+    """One bucket's rows of a run with their stored records: reads only that bucket's files (see `read_records`)."""
+    bucket = rows.column(LOOKUP_BUCKET)[0].as_py()
+    rows = rows.drop_columns([LOOKUP_BUCKET])
+    io = {"bucket": bucket}
+    stored = pa.table({key: pa.array([], pa.string())})
+    if files.get(bucket):
+        fs, _ = storage.fs(uri)
+        stored = read_records(fs, files[bucket], key, rows.column(key), list(columns), io)
+        if stored.num_rows:
+            stored = one_per_key(pl.from_arrow(stored), key).to_arrow()
+    log_io(io)
+    return attach(rows, stored, key, columns, prefix)
 
 
 @dataclass(frozen=True)
 class LabelStore:
-    """Where results are kept across runs (local folder or s3:// prefix)."""
+    """Where results are kept across runs (local folder or s3:// prefix): one Delta table per kind under it."""
 
     uri: str
     storage: Storage
 
     def folder(self, kind: str) -> str:
+        """The kind's Delta table (a folder, or a prefix on S3)."""
         return join_uri(self.uri, kind)
 
-    def shards(self, kind: str) -> list[str]:
-        """Files of one kind (paths inside the filesystem); empty when the store has none yet."""
-        folder = self.folder(kind)
-        if not self.storage.exists(folder):
-            return []
-        try:
-            return self.storage.parquet_files(folder)
-        except ValueError:
-            return []
+    def table(self, kind: str) -> Table:
+        return Table(self.folder(kind), self.storage)
+
+    def kinds(self) -> list[str]:
+        """Kinds the store has a table or earlier-format shards for."""
+        import pyarrow.fs as pafs
+
+        fs, path = self.storage.fs(self.uri)
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+        names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+        return [n for n in names if n in KIND_KEYS or self.table(n).exists()]
 
     def lookup(self, ds, kind: str, key: str, columns: dict[str, pa.DataType], prefix: str, num_partitions: int):
-        """`ds` with the stored record of its key as `prefix`-ed columns (all null for a miss)."""
-        import ray
+        """`ds` with the stored record of its key as `prefix`-ed columns (all null for a miss).
 
-        shards = self.shards(kind)
-        if not shards:
-            return ds.map_batches(
-                lambda b: b.append_column(RECORD, pa.nulls(b.num_rows, pa.string())), batch_format="pyarrow"
-            ).map_batches(unpack_records, batch_format="pyarrow", fn_kwargs={"columns": columns, "prefix": prefix})
-        from ray.data.aggregate import Max
-
-        fs, _ = self.storage.fs(self.uri)
-        stored = (
-            ray.data.read_parquet(shards, filesystem=fs)
-            .map_batches(pack_records, batch_format="pyarrow", fn_kwargs={"key": key, "columns": list(columns)})
-            .groupby(key, num_partitions=num_partitions)
-            .aggregate(Max(RECORD, alias_name=RECORD))
+        The run's rows are grouped by the bucket of their key; each group reads only its bucket's files, skips
+        files and row groups whose key range holds none of its keys, and reads the stored columns only of row
+        groups with a match. Nothing of the store is shuffled or gathered on the driver but the list of files.
+        """
+        table = self.table(kind)
+        files = table.files(key)
+        if files.num_rows == 0:
+            return ds.map_batches(attach, batch_format="pyarrow", fn_kwargs={
+                "stored": pa.table({key: pa.array([], pa.string())}), "key": key, "columns": columns,
+                "prefix": prefix})
+        by_bucket: dict[str, list[dict]] = {}
+        for file in files.to_pylist():
+            by_bucket.setdefault(file[BUCKET] or "", []).append(file)
+        return (
+            ds.map_batches(_add_lookup_bucket, batch_format="pyarrow", fn_kwargs={"key": key})
+            .groupby(LOOKUP_BUCKET, num_partitions=num_partitions)
+            .map_groups(join_bucket, batch_format="pyarrow", fn_kwargs={
+                "files": by_bucket, "uri": table.uri, "storage": self.storage, "key": key, "columns": columns,
+                "prefix": prefix})
         )
-        return ds.join(stored, join_type="left_outer", num_partitions=num_partitions, on=(key,)).map_batches(
-            unpack_records, batch_format="pyarrow", fn_kwargs={"columns": columns, "prefix": prefix}
-        )
 
-    def mean_completion_tokens(self, kind: str, model: str, max_shards: int = 200) -> float | None:
-        """Mean completion tokens of `model`'s stored results (shards keep the usage columns); None if none."""
-        import pyarrow.parquet as pq
+    def _dataset(self, kind: str):
+        """The kind's live records as a pyarrow dataset (file statistics attached, so filters skip files), or None."""
+        table = self.table(kind).open()
+        return table.to_pyarrow_dataset() if table is not None else None
 
-        shards = self.shards(kind)
-        if not shards:
+    def records_for(self, kind: str, column: str, values, columns: list[str] | None = None,
+                    key: str | None = None) -> pa.Table:
+        """The stored records (one per key) whose `column` is in `values`, e.g. every label of some queries.
+
+        The filter is pushed down: files and row groups whose statistics exclude all values are not read.
+        """
+        import pyarrow.dataset as pads
+
+        key = key or KIND_KEYS.get(kind)
+        values = pa.array(list(values) if not isinstance(values, (pa.Array, pa.ChunkedArray)) else values)
+        dataset = self._dataset(kind)
+        if dataset is None or len(values) == 0:
+            names = columns or ([key, column] if key else [column])
+            return pa.table({name: pa.array([], pa.string()) for name in dict.fromkeys(names)})
+        names = list(dict.fromkeys(columns or [n for n in dataset.schema.names if n != BUCKET]))
+        read = list(dict.fromkeys([*names, *([key] if key else []), *[c for c in (STORED_AT, RUN_ID)
+                                                                      if c in dataset.schema.names]]))
+        found = dataset.to_table(columns=read, filter=pads.field(column).isin(values.cast(
+            dataset.schema.field(column).type)))
+        if key:
+            found = one_per_key(pl.from_arrow(found), key).to_arrow()
+        return found.select(names)
+
+    def mean_completion_tokens(self, kind: str, model: str) -> float | None:
+        """Mean completion tokens of `model`'s stored results (records keep the usage columns); None if none."""
+        import pyarrow.dataset as pads
+
+        dataset = self._dataset(kind)
+        if dataset is None or "completion_tokens" not in dataset.schema.names:
             return None
-        fs, _ = self.storage.fs(self.uri)
-        frame = pl.concat([pl.from_arrow(pq.read_table(f, filesystem=fs, columns=["model", "completion_tokens"]))
-                           for f in shards[:max_shards]])
-        frame = frame.filter((pl.col("model") == model) & (pl.col("completion_tokens") > 0))
-        return float(frame["completion_tokens"].mean()) if frame.height else None
+        tokens = dataset.to_table(columns=["completion_tokens"], filter=(pads.field("model") == model)
+                                  & (pads.field("completion_tokens") > 0)).column("completion_tokens")
+        return float(np.mean(tokens.to_numpy())) if len(tokens) else None

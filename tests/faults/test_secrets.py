@@ -21,7 +21,7 @@ from rae_ray.llm.prompts import guideline_messages
 from rae_ray.llm.schemas import GUIDELINE_SCHEMA_NAME, QueryGuideline
 from rae_ray.sim.process import SimThread
 from tests.faults.conftest import KEY_ENV, PLANTED_KEY, chorus_subset, run_cli
-from tests.helpers import base_config
+from tests.helpers import base_config, stored_records
 
 PLANTED_MIDDLE = "PLANTED-0123456789"
 NEEDLES = (PLANTED_KEY, PLANTED_MIDDLE)
@@ -210,8 +210,7 @@ def test_job_whose_key_is_revoked_mid_run_exits_2_and_keeps_what_was_judged(ray_
     # No retries of a refused key: at most the requests already in flight when the first 401 came back.
     assert 1 <= refused <= 2 * 4, run.stats
     assert leaks(run.stdout + run.stderr + run.logs) == []
-    stored = list((tmp_path / "out" / "_store" / "labels").glob("*.parquet"))
-    assert stored and 0 < sum(pq.read_metadata(p).num_rows for p in stored) <= 40
+    assert 0 < stored_records(tmp_path / "out" / "_store" / "labels").height <= 40
     assert not (tmp_path / "out" / "revoked" / "manifest.json").exists()  # not a finished run
 
 

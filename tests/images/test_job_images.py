@@ -10,7 +10,7 @@ import pytest
 
 from rae_ray.job import run
 from rae_ray.config import config_from_dict
-from tests.helpers import base_config, read_output
+from tests.helpers import base_config, read_output, stored_records
 from tests.images.conftest import product_photo
 
 pytestmark = pytest.mark.integration
@@ -129,7 +129,7 @@ def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, s3_bu
             in capsys.readouterr().err)
     # A label judged without the image its key names is not stored: a later run that can send the image must not
     # take it from the store. Only the pairs without an image were stored.
-    stored = pl.concat([pl.read_parquet(f) for f in (inputs / "out-blind" / "_store" / "labels").glob("*.parquet")])
+    stored = stored_records(inputs / "out-blind" / "_store" / "labels")
     assert stored.height == len(QUERIES)
     assert set(stored["label_key"]) == set(labels.filter(pl.col("image_status") == "missing")["label_key"])
 

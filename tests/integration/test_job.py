@@ -15,7 +15,7 @@ from rae_ray.cli import main
 from rae_ray.config import config_from_dict
 from rae_ray.llm.client import FatalEndpointError
 from rae_ray.job import run
-from tests.helpers import base_config, read_output
+from tests.helpers import base_config, read_output, stored_records
 
 pytestmark = pytest.mark.integration
 
@@ -200,8 +200,7 @@ def test_annotation_through_the_batch_api(ray_local, chorus, tmp_path):
     tokens = manifest["tokens"]["annotate"]
     full = ((tokens["prompt"] - tokens["cached"]) * 1.0 + tokens["cached"] * 0.5 + tokens["completion"] * 2.0) / 1e6
     assert tokens["prompt"] > 0 and manifest["cost_usd"]["annotate"] == pytest.approx(0.5 * full, rel=1e-3)
-    stored = list((tmp_path / "out" / "_store" / "labels").glob("*.parquet"))
-    assert sum(pq.read_metadata(p).num_rows for p in stored) == pairs.height
+    assert stored_records(tmp_path / "out" / "_store" / "labels").height == pairs.height
     assert again["llm_calls"] == {"guidelines": 0, "annotate": 0} and after["batches_created"] == batches["batches_created"]
 
 

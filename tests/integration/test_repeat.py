@@ -16,7 +16,7 @@ import yaml
 
 from rae_ray.config import config_from_dict
 from rae_ray.job import run
-from tests.helpers import base_config
+from tests.helpers import base_config, stored_records
 
 pytestmark = pytest.mark.integration
 
@@ -164,10 +164,10 @@ def test_resume_after_the_driver_is_killed(ray_local, tmp_path, subset):
             if slow.stats()["by_schema"].get("relevance_judgement", 0) >= 0.66 * pairs.height:
                 break
             time.sleep(0.5)
-        assert list(store_labels.glob("*.parquet")), "no label shard was published before the deadline"
+        assert (store_labels / "_delta_log").exists(), "no label batch was published before the deadline"
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-        stored_before = pl.read_parquet(store_labels / "*.parquet").height
+        stored_before = stored_records(store_labels).height
         assert 0 < stored_before < pairs.height
 
         resumed = run(config_from_dict(config)).manifest
@@ -199,8 +199,7 @@ def test_two_runs_share_a_store_at_the_same_time(ray_local, sim, tmp_path, subse
         labels = pl.read_parquet(tmp_path / "out" / name / "labels" / "*.parquet")
         assert labels.height == pairs.height and labels.select("query", "product_id").n_unique() == pairs.height
         assert labels["grade"].null_count() == 0
-    # The store is readable shard by shard; it may hold a key twice (both runs labelled it) but never half a file.
-    shards = sorted((tmp_path / "out" / "_store" / "labels").glob("*.parquet"))
-    stored = pl.concat([pl.read_parquet(s) for s in shards])
+    # The store is one Delta table, read here by polars; it may hold a key twice (both runs labelled it).
+    stored = stored_records(tmp_path / "out" / "_store" / "labels")
     assert stored.select("label_key").n_unique() == pairs.height
     assert not list((tmp_path / "out" / "_store").rglob("*.tmp-*"))
