@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from rae_ray.io import InputError, Storage, is_s3, s3_endpoint
 
 BUCKET = "bucket"
 N_BUCKETS = 16  # the first hex digit of the key: 16 partitions
+COMMIT_RETRIES = 100  # versions a commit moves on when concurrent writers took the one it tried
 RUN_ID = "run_id"
 STORED_AT = "stored_at"
 # The key of each kind; a new kind (e.g. people's grades) is one more entry, or passes its key explicitly.
@@ -114,12 +116,25 @@ class Table:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
-    def append(self, rows: pa.Table) -> None:
-        """One Delta commit adding `rows` (already laid out by `as_record_batch`); concurrent appends all land."""
-        from deltalake import write_deltalake
+    def append(self, rows: pa.Table, attempts: int = 5) -> None:
+        """One Delta commit adding `rows` (already laid out by `as_record_batch`); concurrent appends all land.
 
-        write_deltalake(self.uri, rows, mode="append", partition_by=[BUCKET], schema_mode="merge",
-                        storage_options=self.options)
+        delta-rs retries a commit that lost the race for a version (up to COMMIT_RETRIES versions on); a commit
+        that still fails (e.g. two writers creating the table at once) is tried again whole after a short pause.
+        """
+        from deltalake import CommitProperties, write_deltalake
+        from deltalake.exceptions import CommitFailedError
+
+        for attempt in range(attempts):
+            try:
+                write_deltalake(self.uri, rows, mode="append", partition_by=[BUCKET], schema_mode="merge",
+                                storage_options=self.options,
+                                commit_properties=CommitProperties(max_commit_retries=COMMIT_RETRIES))
+                return
+            except CommitFailedError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(random.uniform(0.05, 0.5) * (attempt + 1))
 
     def files(self, key: str, table=None) -> pa.Table:
         """Live data files: path (inside the filesystem), bucket, rows, bytes, and the key's min and max."""
