@@ -5,7 +5,7 @@ keys and label-shaped rows (reasoning ~200 characters), the way nightly runs lea
 of nights (365 nights x COMMITS_PER_NIGHT commits of ~1,370 labels), the small one 4 nights; then each is compacted
 as a user would (`rae-ray store compact --store DIR`, default retention). The run's 10,000 keys are half stored
 (5,000 drawn from the store), half new. Each lookup is the job's own (`labelstore.cached.lookup` on a Ray Dataset,
-local Ray with num_cpus=2, 2 partitions), timed until both halves are counted; the median of REPEATS alternating
+local Ray with num_cpus=2, 2 partitions, the job's default sort shuffle), timed until both halves are counted; the median of REPEATS alternating
 runs after one warm-up. Bytes read are counted at the file object the lookup's tasks read through (every byte
 pyarrow asked the filesystem for: footers and column chunks) and logged by each task (`RAE_RAY_STORE_IO_LOG`).
 The stores live on the local disk (page cache warm for both: the build just wrote them).
@@ -126,7 +126,12 @@ def main() -> int:
 
     import ray
 
+    from ray.data.context import ShuffleStrategy
+
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # As the job sets it (`compute.shuffle: sort`, the default; runtime.ensure_ray): the lookup's group-by of the
+    # run's keys is a sort shuffle on pooled tasks, not Ray's hash shuffle, which starts aggregator actors.
+    ray.data.DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     try:
         runs = {}
         for name, store, stored, seed in (("small", small, small_keys, 3), ("large", large, large_keys, 4)):
