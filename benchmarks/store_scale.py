@@ -5,8 +5,8 @@ keys and label-shaped rows (reasoning ~200 characters), the way nightly runs lea
 of nights (365 nights x COMMITS_PER_NIGHT commits of ~1,370 labels), the small one 4 nights; then each is compacted
 as a user would (`rae-ray store compact --store DIR`, default retention). The run's 10,000 keys are half stored
 (5,000 drawn from the store), half new. Each lookup is the job's own (`labelstore.cached.lookup` on a Ray Dataset,
-local Ray with num_cpus=2, 2 partitions, the job's default sort shuffle), timed until both halves are counted; the median of REPEATS alternating
-runs after one warm-up. Bytes read are counted at the file object the lookup's tasks read through (every byte
+local Ray with num_cpus=2, 2 partitions, the job's default sort shuffle), timed until both halves are counted; the
+median of REPEATS alternating runs after one warm-up. Bytes read are counted at the file object the lookup's tasks read through (every byte
 pyarrow asked the filesystem for: footers and column chunks) and logged by each task (`RAE_RAY_STORE_IO_LOG`).
 The stores live on the local disk (page cache warm for both: the build just wrote them).
 
