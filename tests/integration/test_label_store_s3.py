@@ -41,7 +41,7 @@ WRITER = textwrap.dedent("""
         written += keys
         found = store.records_for("labels", "label_key", written, columns=["label_key", "label"])
         assert found.num_rows == len(set(written)), (found.num_rows, len(set(written)))
-        assert found.column("label_key").unique().length() == found.num_rows
+        assert len(found.column("label_key").unique()) == found.num_rows
     print("ok", len(written))
 """)
 
