@@ -22,8 +22,10 @@ RECORD = "_store_record"
 
 
 def pack_records(batch: pa.Table, key: str, columns: list[str]) -> pa.Table:
-    """(key, one JSON text of the stored columns): lets a max-aggregate pick one whole record per key."""
-    rows = batch.select(columns).to_pylist()
+    """(key, one JSON text of the stored columns): lets a max-aggregate pick one whole record per key.
+
+    A column a shard lacks (stored before the column existed) is left out of its records: null when unpacked."""
+    rows = batch.select([c for c in columns if c in batch.column_names]).to_pylist()
     records = [json.dumps(row, sort_keys=True, default=str) for row in rows]
     return pa.table({key: batch.column(key), RECORD: pa.array(records, pa.string())})
 
@@ -95,6 +97,29 @@ class LabelStore:
         return ds.join(stored, join_type="left_outer", num_partitions=num_partitions, on=(key,)).map_batches(
             unpack_records, batch_format="pyarrow", fn_kwargs={"columns": columns, "prefix": prefix}
         )
+
+    def records_for(self, kind: str, column: str, values: list, columns: list[str]) -> pa.Table:
+        """The stored records of one kind whose `column` is in `values`, with `columns` (every record, several per
+        key when several runs stored it). Read with pushdown over the shards' unified schema: a shard without
+        `column` matches nothing, a column a shard lacks is null, one no shard has is a null column."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        shards = self.shards(kind)
+        empty = pa.table({name: pa.nulls(0) for name in columns})
+        if not shards or not values:
+            return empty
+        fs, _ = self.storage.fs(self.uri)
+        factory = ds.FileSystemDatasetFactory(fs, shards, ds.ParquetFileFormat())
+        schema = factory.inspect(promote_options="default", fragments=None)  # None: every shard's schema
+        if column not in schema.names:
+            return empty
+        present = [name for name in columns if name in schema.names]
+        table = factory.finish(schema).to_table(columns=present, filter=pc.field(column).isin(list(values)))
+        for name in columns:
+            if name not in present:
+                table = table.append_column(name, pa.nulls(table.num_rows))
+        return table.select(columns)
 
     def mean_completion_tokens(self, kind: str, model: str, max_shards: int = 200) -> float | None:
         """Mean completion tokens of `model`'s stored results (shards keep the usage columns); None if none."""
