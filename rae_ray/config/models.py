@@ -342,9 +342,9 @@ class MetricsConfig(_Model):
         "run, so a ranker's nDCG moves when another ranker joins the run. store: also every label the label store "
         "holds for the query (normalized) under this run's judging context (judge model and prompt version, "
         "scale, image mode, guideline and caption models and prompts), one grade per product (this run's, else "
-        "the highest stored), so runs sharing a store and a judge give comparable nDCG whatever other rankers "
-        "they hold; store records written before records carried query and context do not count. Needs the "
-        "label store.",
+        "the highest stored), so a ranker's nDCG depends on its own list and the store's labels, not on the "
+        "run's other rankers (the pool grows when a run judges products nobody had); store records written "
+        "before records carried query and context do not count. Needs the label store.",
     )
 
     @field_validator("ks")
