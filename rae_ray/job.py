@@ -177,7 +177,8 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
         status=status, store=job.store.uri if job.store else None,
         extra={**image_counts(done.images, done.labels),
                # llm_calls and tokens count the last attempt; the calls of failed attempts are in the store.
-               "attempts": 1 + len(attempts_failed), "attempts_failed": attempts_failed},
+               "attempts": 1 + len(attempts_failed), "attempts_failed": attempts_failed,
+               "ideal": done.evaluation.ideal},
     )
     job.storage.write_json(job.layout.manifest, manifest)
     write_report(done.evaluation, manifest, job.storage, job.layout)

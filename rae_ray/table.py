@@ -6,11 +6,13 @@ import polars as pl
 
 from rae_ray.metrics.evaluate import ranker_order
 
-COLUMNS = (("ndcg", "nDCG"), ("precision", "P"), ("share_irrelevant", "irrelevant"), ("mean_grade", "mean grade"))
+COLUMNS = (("ndcg", "nDCG"), ("precision", "P"), ("share_irrelevant", "irrelevant"), ("mean_grade", "mean grade"),
+           ("judged", "judged"))
 
 
 def ranker_table(rankers: pl.DataFrame, k: int) -> str:
-    """Fixed-width table: one line per ranker, best nDCG@k first, with 95% CIs for nDCG."""
+    """Fixed-width table: one line per ranker, best nDCG@k first, with 95% CIs for nDCG; judged@k is coverage
+    (share of the top k with a label)."""
     if rankers.is_empty():
         return "(no metrics: no ranker had a labelled product)"
     at_k = rankers.filter(pl.col("k") == k)
@@ -21,7 +23,8 @@ def ranker_table(rankers: pl.DataFrame, k: int) -> str:
     for row in at_k.iter_rows(named=True):
         wide.setdefault(row["ranker"], {"n": row["n_queries"]})[row["metric"]] = row
     order = ranker_order(at_k, k)
-    headers = ["ranker", f"nDCG@{k} [95% CI]", f"P@{k}", f"irrelevant@{k}", f"mean grade@{k}", "queries"]
+    headers = ["ranker", f"nDCG@{k} [95% CI]", f"P@{k}", f"irrelevant@{k}", f"mean grade@{k}", f"judged@{k}",
+               "queries"]
     lines = []
     for ranker in order:
         entry = wide[ranker]
@@ -36,7 +39,8 @@ def ranker_table(rankers: pl.DataFrame, k: int) -> str:
             ndcg_text = f"{ndcg['value']:.4f} [{ndcg['ci_low']:.3f}, {ndcg['ci_high']:.3f}]"
         elif ndcg:  # metrics.bootstrap = 0, or too few queries: no interval
             ndcg_text = f"{ndcg['value']:.4f} [no CI]"
-        lines.append([ranker, ndcg_text, value("precision"), value("share_irrelevant"), value("mean_grade"), str(entry["n"])])
+        lines.append([ranker, ndcg_text, value("precision"), value("share_irrelevant"), value("mean_grade"),
+                      value("judged"), str(entry["n"])])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     return "\n".join([fmt(headers), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)])

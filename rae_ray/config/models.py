@@ -336,6 +336,16 @@ class MetricsConfig(_Model):
         default="holm", description="Multiple-comparison adjustment of the comparison p-values."
     )
     worst_n: int = Field(default=10, ge=1, description="Worst queries (and largest regressions) listed per ranker.")
+    ideal: Literal["run", "store"] = Field(
+        default="run",
+        description="The products nDCG's ideal DCG is built from. run: every product of the query judged in this "
+        "run, so a ranker's nDCG moves when another ranker joins the run. store: also every label the label store "
+        "holds for the query (normalized) under this run's judging context (judge model and prompt version, "
+        "scale, image mode, guideline and caption models and prompts), one grade per product (this run's, else "
+        "the highest stored), so a ranker's nDCG depends on its own list and the store's labels, not on the "
+        "run's other rankers (the pool grows when a run judges products nobody had); store records written "
+        "before records carried query and context do not count. Needs the label store.",
+    )
 
     @field_validator("ks")
     @classmethod
@@ -415,6 +425,13 @@ class RunConfig(_Model):
     def _captions_model(self) -> RunConfig:
         if self.images.mode == "caption" and self.llm.captions is None:
             raise ValueError("images.mode 'caption' needs llm.captions (the vision model)")
+        return self
+
+    @model_validator(mode="after")
+    def _store_ideal(self) -> RunConfig:
+        if self.metrics.ideal == "store" and not self.store.enabled:
+            raise ValueError("metrics.ideal 'store' builds nDCG's ideal from the label store, which is off "
+                             "(store.enabled: false): turn the store on or use metrics.ideal 'run'")
         return self
 
     @model_validator(mode="after")

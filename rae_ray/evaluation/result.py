@@ -40,7 +40,8 @@ SIMULATED_MARK = "[simulated judge]"  # how the simulated endpoint's reasoning s
 @dataclass
 class EvaluationResult:
     """What `evaluate` computed. `root` and `files` (relative name -> URI) are set by the writer
-    (`rae_ray.outputs.write_evaluation`); `simulated`: some judge reasoning carries the simulated judge's mark."""
+    (`rae_ray.outputs.write_evaluation`); `simulated`: some judge reasoning carries the simulated judge's mark;
+    `ideal`: where nDCG's ideal came from (`mode` run or store, and with store its judging context and counts)."""
 
     k: int
     config: MetricsConfig
@@ -57,6 +58,7 @@ class EvaluationResult:
     grades: tuple[int, ...] = (0, 1, 2)
     root: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    ideal: dict = field(default_factory=lambda: {"mode": "run"})
 
     @property
     def ranker_names(self) -> list[str]:
@@ -81,11 +83,13 @@ def evaluate(
     human: HumanLabels | None = None,
     grades: Sequence[int] = (0, 1, 2),
     review_limit: int = 2000,
+    ideal: dict | None = None,
 ) -> EvaluationResult:
     """Ranker table, comparisons, segments, worst queries, regressions, agreement and review queue.
 
     query_metrics: per-query scores (QUERY_METRICS_SCHEMA); segments: (query, segment_type, segment) rows;
-    grades: the label scale (for agreement and the "boundary" review reason).
+    grades: the label scale (for agreement and the "boundary" review reason); ideal: how the per-query scores'
+    nDCG ideal was built (default: from the labels of this run, `{"mode": config.ideal}`).
     """
     require_columns(query_metrics, "query_metrics", tuple(QUERY_METRICS_SCHEMA))
     query_metrics = query_metrics.select(pl.col(n).cast(t) for n, t in QUERY_METRICS_SCHEMA.items())
@@ -129,4 +133,5 @@ def evaluate(
         worst_queries=worst, regressions=regressed, review_queue=queue, agreement=tables,
         human_source=human.source if human is not None else None,
         simulated=_is_simulated(labels, failed, judge_matched), grades=grades,
+        ideal=dict(ideal) if ideal is not None else {"mode": config.ideal},
     )

@@ -31,6 +31,9 @@ class StageSpec:
     output: list[str]
     # Results not stored although successful: labels judged without the image their key names.
     unstored_image_status: tuple[str, ...] = ()
+    # Stored columns the stage's input already has (what the key hashes): handed through to the output, and a
+    # hit keeps its own (records stored before such a column existed lack it).
+    carried: tuple[str, ...] = ()
 
 
 GUIDELINE_SPEC = StageSpec(
@@ -41,11 +44,12 @@ GUIDELINE_SPEC = StageSpec(
 LABEL_SPEC = StageSpec(
     name="annotate", store_kind="labels", key="label_key",
     stored={"grade": pa.int16(), "label": pa.string(), "reasoning": pa.string(), "model": pa.string(),
-            "prompt_version": pa.string()},
+            "prompt_version": pa.string(), "query_key": pa.string(), "judge_context": pa.string()},
     output=["query", "product_id", "product_hash", "label_key", "grade", "label", "reasoning", "model",
             "prompt_version", "guideline_id", "caption_id", "image_id", "image_status", "cache_hit", "error",
-            *USAGE_COLUMNS],
+            "query_key", "judge_context", *USAGE_COLUMNS],
     unstored_image_status=(NO_VISION, IMAGE_REJECTED),
+    carried=("query_key", "judge_context"),
 )
 CAPTION_SPEC = StageSpec(
     name="captions", store_kind="captions", key="caption_id",
@@ -54,12 +58,15 @@ CAPTION_SPEC = StageSpec(
 )
 
 
-def hits_as_output(batch: pa.Table, spec_output: list[str], stored: dict[str, pa.DataType]) -> pa.Table:
+def hits_as_output(batch: pa.Table, spec_output: list[str], stored: dict[str, pa.DataType],
+                   carried: tuple[str, ...] = ()) -> pa.Table:
     """Rows answered by the store, in the stage's output layout (cache_hit true, no calls, no tokens)."""
     n = batch.num_rows
     columns = {}
     for name in spec_output:
-        if name in stored:
+        if name in carried and name in batch.column_names:
+            columns[name] = batch.column(name).cast(stored[name])
+        elif name in stored:
             columns[name] = batch.column(STORED_PREFIX + name).cast(stored[name])
         elif name == "cache_hit":
             columns[name] = pa.array([True] * n, pa.bool_())
@@ -91,7 +98,7 @@ def conform(batch: pa.Table, spec_output: list[str]) -> pa.Table:
 def output_schema(spec: StageSpec) -> pa.Schema:
     """The columns and types a stage's output has, hits and new results alike."""
     stored = pa.table({STORED_PREFIX + name: pa.array([], dtype) for name, dtype in spec.stored.items()})
-    return hits_as_output(stored, spec.output, spec.stored).schema
+    return hits_as_output(stored, spec.output, spec.stored, spec.carried).schema
 
 
 def lookup(store: LabelStore, ds, spec: StageSpec, num_partitions: int):
@@ -104,7 +111,8 @@ def lookup(store: LabelStore, ds, spec: StageSpec, num_partitions: int):
     looked = store.lookup(ds, spec.store_kind, spec.key, spec.stored, STORED_PREFIX, num_partitions).materialize()
     first_stored = STORED_PREFIX + next(iter(spec.stored))
     hits = looked.filter(expr=col(first_stored).is_not_null()).map_batches(
-        hits_as_output, batch_format="pyarrow", fn_kwargs={"spec_output": spec.output, "stored": spec.stored}
+        hits_as_output, batch_format="pyarrow",
+        fn_kwargs={"spec_output": spec.output, "stored": spec.stored, "carried": spec.carried},
     )
     misses = looked.filter(expr=col(first_stored).is_null()).drop_columns(
         [STORED_PREFIX + name for name in spec.stored]
@@ -122,16 +130,18 @@ class KeyedStage:
     """
 
     def __init__(self, stage_cls, key: str, output: list[str], config: LLMStageConfig,
-                 publish: dict[str, Any] | None = None):
+                 publish: dict[str, Any] | None = None, carried: tuple[str, ...] = ()):
         self.stage = stage_cls(config)
         self.key = key
         self.output = output
         self.publish = publish
+        self.carried = carried
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         out = await self.stage(batch)
-        if self.key in batch.column_names and self.key not in out.column_names:
-            out = out.append_column(self.key, batch.column(self.key))
+        for name in (self.key, *self.carried):
+            if name in batch.column_names and name not in out.column_names:
+                out = out.append_column(name, batch.column(name))
         out = conform(out, self.output)
         if self.publish is not None:
             await asyncio.to_thread(publish_shard, out, **self.publish)
@@ -163,5 +173,6 @@ def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, c
         publish = {"uri": store.folder(spec.store_kind), "storage": store.storage, "run_id": run_id,
                    "unstored_image_status": spec.unstored_image_status, "key": spec.key}
     new = actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
-                                         "config": stage_config, "publish": publish}, compute)
+                                         "config": stage_config, "publish": publish, "carried": spec.carried},
+                    compute)
     return compact((new if hits is None else hits.union(new)).materialize())

@@ -79,3 +79,22 @@ def add_label_keys(batch: pa.Table, model: str, prompt_version: str, scale: list
     keys = [label_key(g, h, model, prompt_version, scale, image_mode, c, q)
             for g, h, c, q in zip(guideline_ids, hashes, captions, queries)]
     return batch.append_column("label_key", pa.array(keys, pa.string()))
+
+
+def judge_context(model: str, prompt_version: str, scale: Sequence[dict], image_mode: str,
+                  guideline: tuple[str, str] | None, caption: tuple[str, str] | None) -> str:
+    """Everything in a label key that is not the pair's own, hashed: labels with the same context differ only by
+    query, product content and image, so they were judged alike (the pool of `metrics.ideal: store`).
+
+    `guideline` and `caption`: (model, prompt version) of the guideline and caption stages, None when off.
+    """
+    key = json.dumps([model, prompt_version, list(scale), image_mode, guideline, caption], sort_keys=True,
+                     default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def add_judge_context(batch: pa.Table, context: str) -> pa.Table:
+    """Add `query_key` (the normalized query) and `judge_context` to pairs: what the label store is asked by."""
+    queries = [normalize_query(q) if q is not None else None for q in batch.column("query").to_pylist()]
+    return batch.append_column("query_key", pa.array(queries, pa.string())).append_column(
+        "judge_context", pa.array([context] * batch.num_rows, pa.string()))

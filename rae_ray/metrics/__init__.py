@@ -12,7 +12,7 @@ from rae_ray.metrics.evaluate import (
     traffic_segments,
     worst_queries,
 )
-from rae_ray.metrics.measures import MEASURES, Measure, dcg, mean_grade, ndcg, precision, share_irrelevant
+from rae_ray.metrics.measures import MEASURES, Measure, dcg, judged, mean_grade, ndcg, precision, share_irrelevant
 from rae_ray.metrics.trec import write_qrels, write_run
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "dcg",
     "hard_disagreements",
     "holm",
+    "judged",
     "kendall_tau",
     "mean_grade",
     "ndcg",

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from rae_ray.metrics.evaluate import bootstrap_intervals, make_rng, require_columns
+from rae_ray.metrics.measures import MEASURES
 
 __all__ = [
     "ALPHA",
@@ -153,7 +154,7 @@ def compare_rankers(
     The rows of one ranker pair that cover the same queries share their bootstrap resamples and sign patterns,
     drawn from Generators seeded by (seed, ranker_a, ranker_b, the query set), so a row's figures do not depend
     on which other rows are in the table, and many metrics cost about as much as one. Pairs without a common
-    query are left out.
+    query are left out, and so are measures not `compared` (coverage: judged).
     """
     require_columns(query_metrics, "query_metrics", ("ranker", "query", "metric", "k", "value"))
     if family not in ("table", "metric"):
@@ -167,6 +168,8 @@ def compare_rankers(
         raise ValueError(
             f"query_metrics has several rows for {row['ranker']!r}, {row['query']!r}, {row['metric']}@{row['k']}"
         )
+    coverage = [name for name, measure in MEASURES.items() if not measure.compared]
+    query_metrics = query_metrics.filter(~pl.col("metric").is_in(coverage))
     rankers = sorted(query_metrics["ranker"].unique().to_list())
     if baseline is None:
         pairs = list(itertools.combinations(rankers, 2))

@@ -16,6 +16,7 @@ __all__ = [
     "MEASURES",
     "Measure",
     "dcg",
+    "judged",
     "mean_grade",
     "ndcg",
     "precision",
@@ -47,7 +48,7 @@ def dcg(grades, k: int) -> float:
 def ndcg(ranked_grades, pool_grades, k: int) -> float:
     """nDCG@k: DCG@k of the ranking over DCG@k of the labelled pool sorted by grade, descending.
 
-    The pool is every labelled product of the query, returned or not. When the ideal DCG is 0 (no product of the
+    The pool is every labelled product of the query, returned or not (`metrics.ideal` decides which labels). When the ideal DCG is 0 (no product of the
     pool has grade > 0) the result is 0.0, as trec_eval's ndcg_cut (and so ir_measures' nDCG) reports.
     """
     pool = _as_grades(pool_grades)
@@ -76,6 +77,14 @@ def share_irrelevant(ranked_grades, k: int) -> float:
     return float(np.mean(labelled == 0))
 
 
+def judged(ranked_grades, k: int) -> float:
+    """Share of the top k that is labelled (coverage); denominator = products in the top k (k, or fewer returned)."""
+    top = _as_grades(ranked_grades)[: _check_k(k)]
+    if top.size == 0:
+        return float("nan")
+    return float(np.mean(_labelled(top)))
+
+
 def mean_grade(ranked_grades, k: int) -> float:
     """Mean grade of the labelled products in the top k; NaN when none of them is labelled."""
     top = _as_grades(ranked_grades)[: _check_k(k)]
@@ -90,6 +99,8 @@ class Measure:
     """A named metric: `measure(ranked_grades, pool_grades, k, top_grade)` gives one query's score (NaN = undefined).
 
     `label` is the name people read (tables, the report): "nDCG", "P", ...; `at(k)` adds the cut-off.
+    `compared`: rankers are compared on it (false for coverage, which says how far the scores can be trusted,
+    not which ranker is better).
     """
 
     name: str
@@ -97,6 +108,7 @@ class Measure:
     description: str
     higher_is_better: bool
     function: Callable[[np.ndarray, np.ndarray, int, int], float]
+    compared: bool = True
 
     def __call__(self, ranked_grades, pool_grades, k: int, top_grade: int = 2) -> float:
         return self.function(ranked_grades, pool_grades, k, top_grade)
@@ -126,6 +138,10 @@ def _mean_grade(ranked, pool, k, top_grade):
     return mean_grade(ranked, k)
 
 
+def _judged(ranked, pool, k, top_grade):
+    return judged(ranked, k)
+
+
 MEASURES: dict[str, Measure] = {
     m.name: m
     for m in (
@@ -136,5 +152,7 @@ MEASURES: dict[str, Measure] = {
         Measure("share_irrelevant", "irrelevant", "share of labelled top-k products with grade 0", False,
                 _share_irrelevant),
         Measure("mean_grade", "mean grade", "mean grade of labelled top-k products", True, _mean_grade),
+        Measure("judged", "judged", "share of top-k products with a label (judged or reused)", True, _judged,
+                compared=False),
     )
 }

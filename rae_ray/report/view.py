@@ -69,9 +69,19 @@ def rankers_view(result: EvaluationResult, order: list[str]) -> dict:
     ]  # fmt: skip
     return {
         "k": k, "main_label": metric_label("ndcg", k), "scale": f"{scale[0]:.1f} – {scale[1]:.1f}",
+        "ideal": ideal_text(result.ideal),
         "metrics": [metric_label(m, k) for m in metrics], "rows": rows, "every": every,
         "ks": ", ".join(map(str, sorted(set(result.rankers["k"].to_list())))), "bootstrap": result.config.bootstrap,
     }  # fmt: skip
+
+
+def ideal_text(ideal: dict) -> str:
+    """What nDCG's ideal was built from (`metrics.ideal`), for the sentence under the ranker table."""
+    if ideal.get("mode") != "store":
+        return "every labelled product of the query in this run (metrics.ideal: run)"
+    return (f"every labelled product of the query in this run and in the label store under the same judging "
+            f"context ({ideal.get('judge_context')}; metrics.ideal: store): {ideal.get('stored_labels', 0)} stored "
+            f"labels of {ideal.get('queries_with_stored_labels', 0)} queries")
 
 
 # --- comparisons -----------------------------------------------------------------------------------------------

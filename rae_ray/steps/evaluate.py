@@ -9,22 +9,57 @@ import pyarrow as pa
 from rae_ray.evaluation import LABEL_SCHEMA, QRELS, RUN, RUN_SCHEMA, locale_segments
 from rae_ray.evaluation import evaluate as evaluate_run
 from rae_ray.label_files import load_human_labels
+from rae_ray.labelstore.cached import LABEL_SPEC
 from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA, query_metrics
+from rae_ray.metrics.ideal import store_pool, with_stored_labels
 from rae_ray.metrics.trec import qrels_lines, run_text
 from rae_ray.outputs import write_evaluation
-from rae_ray.runtime import Job, to_polars
+from rae_ray.runtime import Job, progress, to_polars
+from rae_ray.steps.judge import run_judge_context
 from rae_ray.steps.retrieve import Inputs, LogRows
+
+# A query's ranked rows with their grades; rows with a null ranker are stored labels of the query (metrics.ideal
+# store): in its ideal pool, in no ranking.
+GRADED_SCHEMA = pa.schema([("ranker", pa.string()), ("query", pa.string()), ("rank", pa.int64()),
+                           ("product_id", pa.string()), ("grade", pa.int16())])
 
 
 def per_query_metrics(group: pa.Table, ks: list[int], top_grade: int) -> pa.Table:
-    """One query's ranked lists with their grades -> that query's metric rows.
+    """One query's ranked lists with their grades (and stored labels, ranker null) -> that query's metric rows.
 
-    The ideal pool of nDCG is every product of the query judged in this run (the union of the rankers' top k).
+    The ideal pool of nDCG is every product of the query judged in this run (the union of the rankers' top k),
+    plus the stored labels the group carries.
     """
     frame = pl.from_arrow(group)
-    run = frame.select("ranker", "query", "rank", "product_id")
-    labels = frame.select("query", "product_id", "grade").unique(subset=["query", "product_id"])
+    ranked = frame.filter(pl.col("ranker").is_not_null())
+    run = ranked.select("ranker", "query", "rank", "product_id")
+    labels = ranked.select("query", "product_id", "grade").unique(subset=["query", "product_id"])
+    stored = frame.filter(pl.col("ranker").is_null())
+    if stored.height:
+        labels = with_stored_labels(labels, stored)
     return query_metrics(run, labels, ks=ks, top_grade=top_grade).to_arrow()
+
+
+def _conform_graded(batch: pa.Table) -> pa.Table:
+    return batch.select(GRADED_SCHEMA.names).cast(GRADED_SCHEMA)
+
+
+def stored_labels(job: Job, labels) -> tuple[pl.DataFrame, dict]:
+    """metrics.ideal store: the label store's grades of this run's queries under its judging context (one per
+    query and product), and what the manifest says of them. Read with the store's pushdown; small (the run's
+    queries only)."""
+    context = run_judge_context(job.config)
+    queries = to_polars(labels.groupby(["query", "query_key"], num_partitions=job.parts).count(),
+                        schema={"query": pl.String, "query_key": pl.String, "count()": pl.Int64})
+    keys = queries["query_key"].drop_nulls().unique().to_list()
+    records = pl.from_arrow(job.store.records_for(
+        LABEL_SPEC.store_kind, "query_key", keys, ["query_key", "product_id", "grade", "judge_context"]))
+    pool = store_pool(queries, records, context)
+    info = {"mode": "store", "judge_context": context, "store": job.store.uri, "stored_labels": pool.height,
+            "queries_with_stored_labels": pool["query"].n_unique()}
+    progress(f"metrics: nDCG's ideal from the label store: {pool.height} stored labels of "
+             f"{info['queries_with_stored_labels']} queries under judging context {context}")
+    return pool, info
 
 
 class RayEvaluationSource:
@@ -105,11 +140,20 @@ def evaluate(job: Job, inputs: Inputs, log: LogRows, pairs, labels):
     """Per-query metrics on Ray; rankers, comparisons, segments, problems, agreement on the small per-query table."""
     from ray.data.expressions import col
 
+    import ray
+
     config = job.config
     graded = log.selected.select_columns(["ranker", "query", "rank", "product_id"]).join(
         labels.select_columns(["query", "product_id", "grade"]), join_type="left_outer", num_partitions=job.parts,
         on=("query", "product_id"),
     )
+    ideal = {"mode": config.metrics.ideal}
+    if config.metrics.ideal == "store":
+        pool, ideal = stored_labels(job, labels)
+        if pool.height:
+            rows = pool.with_columns(pl.lit(None, pl.String).alias("ranker"), pl.lit(None, pl.Int64).alias("rank"))
+            graded = graded.map_batches(_conform_graded, batch_format="pyarrow").union(
+                ray.data.from_arrow(_conform_graded(rows.to_arrow())))
     by_query = to_polars(
         graded.groupby("query", num_partitions=job.parts).map_groups(
             per_query_metrics, batch_format="pyarrow",
@@ -125,5 +169,5 @@ def evaluate(job: Job, inputs: Inputs, log: LogRows, pairs, labels):
     human = load_human_labels(config.input.human_labels, job.storage) if config.input.human_labels else None
     source = RayEvaluationSource(log.selected, labels, pairs, job.parts)
     result = evaluate_run(query_metrics=by_query, source=source, config=config.metrics, segments=segments,
-                          human=human, grades=[g.grade for g in config.scale.grades])
+                          human=human, grades=[g.grade for g in config.scale.grades], ideal=ideal)
     return write_evaluation(result, source, job.storage, job.layout)

@@ -6,12 +6,24 @@ from __future__ import annotations
 from typing import Any
 
 from rae_ray.labelstore.cached import LABEL_SPEC, cached_stage
-from rae_ray.labelstore.keys import add_label_keys
-from rae_ray.llm.prompts import annotation_prompt_version
+from rae_ray.config import RunConfig
+from rae_ray.labelstore.keys import add_judge_context, add_label_keys, judge_context
+from rae_ray.llm.prompts import CAPTION_PROMPT_VERSION, GUIDELINE_PROMPT_VERSION, annotation_prompt_version
 from rae_ray.runtime import Job, left_join, progress, write
 from rae_ray.stages.annotate import NO_VISION, AnnotateStage
 from rae_ray.stages.common import LLMStageConfig
 from rae_ray.steps.images import Images
+
+
+def run_judge_context(config: RunConfig) -> str:
+    """The judging context of this run's labels (`labelstore.keys.judge_context`): judge, scale, image mode,
+    guideline and caption stages."""
+    guidelines, captions = config.llm.guidelines, config.llm.captions
+    return judge_context(
+        config.llm.annotate.model, annotation_prompt_version(guidelines.enabled), config.scale.as_dicts(),
+        config.images.mode, (guidelines.model, GUIDELINE_PROMPT_VERSION) if guidelines.enabled else None,
+        (captions.model, CAPTION_PROMPT_VERSION) if config.images.mode == "caption" and captions else None,
+    )
 
 
 def write_labels(job: Job, pairs, guidelines, images: Images, stage_config: LLMStageConfig) -> tuple[Any, dict[str, int]]:
@@ -21,7 +33,8 @@ def write_labels(job: Job, pairs, guidelines, images: Images, stage_config: LLMS
     annotate = job.config.llm.annotate
     keyed = pairs.map_batches(add_label_keys, batch_format="pyarrow", fn_kwargs={
         "model": annotate.model, "prompt_version": annotation_prompt_version(stage_config.guidelines),
-        "scale": job.config.scale.as_dicts(), "image_mode": job.config.images.mode})
+        "scale": job.config.scale.as_dicts(), "image_mode": job.config.images.mode}).map_batches(
+        add_judge_context, batch_format="pyarrow", fn_kwargs={"context": run_judge_context(job.config)})
 
     def with_guidelines(misses):
         if guidelines is not None:  # None: llm.guidelines.enabled false, the judge needs no guideline

@@ -75,3 +75,22 @@ def test_templates_are_packaged():
     templates = {p.relative_to(root).as_posix() for p in (root / "report" / "templates").rglob("*") if p.is_file()}
     assert templates - packaged == set()
     assert "report/templates/report.html.j2" in templates and "report/templates/sections/rankers.html.j2" in templates
+
+
+def test_judged_coverage_and_the_ideal_in_tables_and_report(small_result):
+    from rae_ray.table import ranker_table
+
+    # tv's t2 failed (no grade): each ranker's top 3 of tv is half labelled, the other queries fully.
+    judged = small_result.rankers.filter(pl.col("metric") == "judged").sort("ranker")
+    assert judged["ranker"].to_list() == ["new", "old"]
+    assert judged["value"].to_list() == pytest.approx([(1 + 0.5 + 1) / 3] * 2)
+    assert "judged" not in small_result.comparisons["metric"].to_list()
+    printed = ranker_table(small_result.rankers, 3).splitlines()
+    assert "judged@3" in printed[0] and all(f"{(1 + 0.5 + 1) / 3:.4f}" in line for line in printed[2:])
+    assert small_result.ideal == {"mode": "run"}
+    html = render_report(small_result, SMALL_MANIFEST)
+    assert "judged@3" in html and "metrics.ideal: run" in html
+    stored = dataclasses.replace(small_result, ideal={"mode": "store", "judge_context": "c0ffee", "stored_labels": 7,
+                                                      "queries_with_stored_labels": 2})
+    html = render_report(stored, SMALL_MANIFEST)
+    assert "metrics.ideal: store" in html and "c0ffee" in html and "7 stored labels of 2 queries" in html

@@ -70,8 +70,8 @@ def test_undefined_scores_are_left_out():
     run = pl.DataFrame({"ranker": ["a"], "query": ["q"], "rank": [1], "product_id": ["unjudged"]})
     labels = pl.DataFrame({"query": ["q"], "product_id": ["p"], "grade": [2]})
     table = query_metrics(run, labels, ks=(5,))
-    assert sorted(table["metric"]) == ["ndcg", "precision", "precision_top"]
-    assert table["value"].to_list() == [0.0, 0.0, 0.0]
+    assert sorted(table["metric"]) == ["judged", "ndcg", "precision", "precision_top"]  # judged: 0 of 1 labelled
+    assert table["value"].to_list() == [0.0, 0.0, 0.0, 0.0]
 
 
 def test_query_metrics_subset_of_metrics_and_empty_run():
