@@ -4,6 +4,7 @@ Layout under the store URI (default `<output.uri>/_store`):
     guidelines/<run_id>-<uuid>.parquet   key guideline_id
     labels/<run_id>-<uuid>.parquet       key label_key
     captions/<run_id>-<uuid>.parquet     key caption_id
+    human/review-<time>-<uuid>.parquet   key human_key: people's grades from `rae-ray review import` (`human`)
 
 `keys` makes every key, `store` reads and publishes shards, `cached` runs an LLM stage on the store's misses
 (imported from there: it starts actor pools, so this package does not load it).
