@@ -46,11 +46,13 @@ def test_imported_review_grades_replace_the_llm(ray_local, sim, chorus, tmp_path
     reviewed = queue.filter(pl.col("review_reason").is_in(["hard_disagreement", "disagreement"])).head(4)
     assert reviewed.height == 4, queue["review_reason"].value_counts()
     # People side with the crowd label on these, and sign; the other rows stay blank (not reviewed).
-    filled = queue.with_columns(
-        pl.when(pl.col("product_hash").is_in(reviewed["product_hash"].to_list()) & pl.col("query").is_in(reviewed["query"].to_list()))
-        .then(pl.col("known_human_grade")).otherwise(pl.lit(None)).alias("human_grade"),
-        pl.lit("ana").alias("reviewer"), pl.lit("2026-11-30").alias("reviewed_at"))
-    filled = filled.with_columns(pl.when(pl.col("human_grade").is_null()).then(None).otherwise(pl.col("reviewer")).alias("reviewer"))
+    mine = pl.col("_reviewed").fill_null(False)
+    filled = queue.join(reviewed.select("query", "product_id", pl.lit(True).alias("_reviewed")),
+                        on=["query", "product_id"], how="left", maintain_order="left").with_columns(
+        pl.when(mine).then(pl.col("known_human_grade")).alias("human_grade"),
+        pl.when(mine).then(pl.lit("ana")).alias("reviewer"),
+        pl.when(mine).then(pl.lit("2026-11-30")).alias("reviewed_at"),
+    ).drop("_reviewed")
     graded = filled.filter(pl.col("human_grade").is_not_null())
     assert graded.height == 4
     filled.write_csv(tmp_path / "filled.csv")
@@ -83,6 +85,17 @@ def test_imported_review_grades_replace_the_llm(ray_local, sim, chorus, tmp_path
     # Not queued again.
     queue_again = pl.read_csv(tmp_path / "out" / "second" / "review" / "queue.csv", infer_schema=False)
     assert queue_again.join(graded.select("query", "product_id"), on=["query", "product_id"], how="semi").is_empty()
+
+    # A pair reviewed again: the newest import wins; nothing is sent (every other label is in the store by now).
+    changed = graded.head(1).with_columns(
+        pl.when(pl.col("human_grade").cast(pl.Int64) == 2).then(0).otherwise(2).alias("human_grade"))
+    changed.write_csv(tmp_path / "again.csv")
+    assert main(["review", "import", str(tmp_path / "again.csv"), "--store", str(store)]) == 0
+    third = run(config_from_dict({**config, "run_id": "third"}, ["llm.annotate.model=sim-judge-b"]))
+    assert third.manifest["llm_calls"]["annotate"] == 0 and third.manifest["human_labels"] == 4
+    relabelled = read_output(tmp_path / "out" / "third", "labels").join(
+        changed.select("query", "product_id"), on=["query", "product_id"], how="semi")
+    assert relabelled["grade"].to_list() == changed["human_grade"].to_list() and relabelled["source"][0] == "human"
 
 
 def test_sweep_with_and_without_examples(ray_local, sim, chorus, tmp_path):

@@ -6,6 +6,7 @@ import csv
 import io
 
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from rae_ray.cli import main
@@ -116,3 +117,31 @@ def test_scale_text_parses():
     for bad in ("", "2", "a=b;1", "1;1"):
         with pytest.raises(ValueError):
             parse_scale_text(bad)
+
+
+def test_human_records_become_label_rows_like_the_judge_s():
+    from rae_ray.labelstore.cached import LABEL_SPEC, output_schema
+    from rae_ray.labelstore.human import HUMAN_LOOKUP, HUMAN_PREFIX, human_labels, with_source
+
+    looked = pa.table({"query": ["q"], "product_id": ["p"], "product_hash": [HASH_A], "label_key": ["k"],
+                       "guideline_id": ["g"], "examples": pa.nulls(1, pa.string()),
+                       **{HUMAN_PREFIX + name: pa.array([value], HUMAN_LOOKUP[name]) for name, value in (
+                           ("accepted_at", "t"), ("grade", 2), ("label", "highly_relevant"), ("note", "red, as asked"),
+                           ("reviewer", "ana"), ("reviewed_at", None))}})
+    rows = human_labels(looked, output_schema(LABEL_SPEC))
+    assert rows.schema.equals(with_source(output_schema(LABEL_SPEC).empty_table(), "llm").schema)  # they union
+    (row,) = rows.to_pylist()
+    assert (row["grade"], row["label"], row["reasoning"], row["source"]) == (2, "highly_relevant", "red, as asked", "human")
+    assert row["model"] is None and row["llm_calls"] == 0 and row["error"] is None and row["label_key"] == "k"
+
+
+def test_the_newest_import_is_the_record_the_store_keeps():
+    from rae_ray.labelstore.human import HUMAN_KEY, HUMAN_LOOKUP
+    from rae_ray.labelstore.store import RECORD, pack_records
+
+    records = pa.table({HUMAN_KEY: ["k", "k"], "accepted_at": ["2026-11-30T10:00:00.000001+00:00",
+                                                             "2026-12-01T09:00:00.000000+00:00"],
+                        "grade": pa.array([2, 0], pa.int16()), "label": ["a", "b"], "note": ["old", "new"],
+                        "reviewer": ["x", "y"], "reviewed_at": [None, None]})
+    packed = pack_records(records, HUMAN_KEY, list(HUMAN_LOOKUP)).column(RECORD).to_pylist()
+    assert '"note": "new"' in max(packed)  # the lookup's one record per key: the largest packed record
