@@ -117,6 +117,7 @@ def test_sweep_with_and_without_examples(ray_local, sim, chorus, tmp_path):
     root = tmp_path / "out" / f"{sweep_id}-examples"
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["example_pairs"] == shown["examples_held_out"]
+    assert manifest["versions"]["prompts"]["annotate_examples"] == annotation_prompt_version(True, examples=True)
     labels = read_output(root, "labels")
     with_examples = labels.filter(pl.col("prompt_version") == annotation_prompt_version(True, examples=True))
     # Queries with examples were judged again under the examples prompt (a new label key); the others reused.
