@@ -77,14 +77,14 @@ def human_labels(batch: pa.Table, schema: pa.Schema) -> pa.Table:
     columns = {}
     for field in schema:
         if field.name in given:
-            column = given[field.name]
+            column = given[field.name].cast(field.type)
         elif field.name in batch.column_names:
-            column = batch.column(field.name)
+            column = batch.column(field.name)  # as the store's hits hand it through (`cached.hits_as_output`)
         elif pa.types.is_integer(field.type) or pa.types.is_floating(field.type):
             column = pa.array([0] * n, field.type)  # usage: no call was made
         else:
             column = pa.nulls(n, field.type)
-        columns[field.name] = column.cast(field.type)
+        columns[field.name] = column
     columns["source"] = pa.array(["human"] * n, pa.string())
     return pa.table(columns)
 
