@@ -1,4 +1,4 @@
-"""`rae-ray` (also `python -m rae_ray`): demo, run, sim, metrics, estimate, sweep, store."""
+"""`rae-ray` (also `python -m rae_ray`): demo, run, sim, metrics, estimate, sweep, store, review import."""
 
 from __future__ import annotations
 
@@ -126,6 +126,16 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review_import(args: argparse.Namespace) -> int:
+    from rae_ray.review_import import import_review
+
+    result = import_review(args.file, args.store)
+    print(f"imported {result.imported} human grades from {args.file} into {result.store}/human"
+          + (f" ({result.not_graded} rows without human_grade skipped)" if result.not_graded else ""))
+    print("later runs use them over any LLM label of those pairs and send those pairs to no LLM")
+    return 0
+
+
 def cmd_sim(argv: list[str]) -> int:
     from rae_ray.sim.__main__ import main as sim_main
 
@@ -199,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     estimate.add_argument("--json", action="store_true", help="print JSON")
     estimate.set_defaults(func=cmd_estimate)
+
+    review = sub.add_parser("review", help="the review loop: people's grades back into the label store")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+    review_import = review_sub.add_parser(
+        "import", help="check a filled review queue (CSV) and store its human_grade rows as people's labels")
+    review_import.add_argument("file", help="the filled review/queue.csv of a run (local or s3://)")
+    review_import.add_argument("--store", required=True,
+                               help="label store of the runs that should use them (store.uri, default <output.uri>/_store)")
+    review_import.set_defaults(func=cmd_review_import)
 
     sub.add_parser("sim", help="the simulated OpenAI-compatible endpoint (see `rae-ray sim --help`)", add_help=False)
 

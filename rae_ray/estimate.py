@@ -66,7 +66,8 @@ def annotation_prompt_tokens(batch: pa.Table, scale: list[dict], guideline_chars
     placeholder = {"guideline": "x" * guideline_chars} if guideline_chars is not None else None
     totals, prefixes = [], []
     for row in batch.to_pylist():
-        messages = annotation_messages(row["query"], placeholder, scale, product_for_prompt(row))
+        examples = json.loads(row["examples"]) if row.get("examples") else None  # llm.annotate.examples
+        messages = annotation_messages(row["query"], placeholder, scale, product_for_prompt(row), examples=examples)
         totals.append(prompt_tokens(messages))
         shared = messages[1]["content"].split('<data name="product">')[0]
         prefixes.append(prompt_tokens([messages[0], {"content": shared}]))
@@ -101,6 +102,8 @@ def estimate(config: RunConfig) -> Estimate:
     from rae_ray.job import open_job
     from rae_ray.labelstore.cached import GUIDELINE_SPEC, LABEL_SPEC, lookup
     from rae_ray.runtime import ensure_ray, partitions
+    from rae_ray.steps.examples import attach_examples, choose_examples
+    from rae_ray.steps.judge import by_people
     from rae_ray.steps.retrieve import build_pairs, read_log
 
     if config.images.mode != "text":
@@ -143,9 +146,12 @@ def estimate(config: RunConfig) -> Estimate:
     result.stages["guidelines"] = stage
 
     annotate = config.llm.annotate
-    keyed = judgeable.map_batches(add_label_keys, batch_format="pyarrow", fn_kwargs={
+    examples = choose_examples(job, pairs)  # people's examples change the prompt and the label key
+    keyed = attach_examples(job, judgeable, examples).map_batches(add_label_keys, batch_format="pyarrow", fn_kwargs={
         "model": annotate.model, "prompt_version": annotation_prompt_version(config.llm.guidelines.enabled),
+        "examples_prompt_version": annotation_prompt_version(config.llm.guidelines.enabled, examples=True),
         "scale": scale, "image_mode": "text"})
+    _, keyed = by_people(job, keyed)  # pairs people graded in review: no call
     output, source = _output_tokens(job, "annotate", "labels")
     missing, hits = misses_of(keyed, LABEL_SPEC)
     tokens = missing.map_batches(annotation_prompt_tokens, batch_format="pyarrow",

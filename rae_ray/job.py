@@ -27,6 +27,7 @@ from rae_ray.runtime import (
 from rae_ray.stages.common import LLMStageConfig
 from rae_ray.steps.errors import write_errors
 from rae_ray.steps.evaluate import evaluate
+from rae_ray.steps.examples import choose_examples
 from rae_ray.steps.guidelines import write_guidelines
 from rae_ray.steps.images import Images, attach_images, image_counts
 from rae_ray.steps.judge import write_labels
@@ -105,14 +106,15 @@ def _steps(job: Job, inputs: Inputs, stage_configs: dict[str, LLMStageConfig], s
              + ("" if guidelines is not None else " (off: llm.guidelines.enabled false)"))
 
     t = time.monotonic()
-    labels, step_counts = write_labels(job, pairs, guidelines, images, stage_configs["annotate"])
+    examples = choose_examples(job, pairs)  # None without llm.annotate.examples
+    labels, step_counts = write_labels(job, pairs, guidelines, images, stage_configs["annotate"], examples)
     counts.update(step_counts)
     progress(f"annotate: {counts['pairs_unique']} pairs in {timed(seconds, 'annotate', t):.1f}s")
 
     error_counts = write_errors(job, log.checked, guidelines, labels, images)
 
     t = time.monotonic()
-    evaluation = evaluate(job, inputs, log, pairs, labels)
+    evaluation = evaluate(job, inputs, log, pairs, labels, held_out=examples.pairs if examples else None)
     timed(seconds, "metrics", t)
 
     stage_usage = {"guidelines": usage_totals(guidelines), "annotate": usage_totals(labels)}

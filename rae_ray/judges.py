@@ -33,6 +33,8 @@ JUDGES_SCHEMA = {
     "rater_b": pl.String,
     "n_pairs": pl.Int64,
     "n_queries": pl.Int64,
+    "examples_held_out": pl.Int64,
+    "human_overridden": pl.Int64,
     **{f"{name}{part}": pl.Float64 for name in AGREEMENT_MEASURES for part in ("", "_ci_low", "_ci_high")},
     "kendall_tau": pl.Float64,
     "llm_calls": pl.Int64,
@@ -50,7 +52,8 @@ class JudgeRun:
 
     matched: the human-labelled pairs with the judge's grade (query, product_id, judge_grade, human_grade and the
     rater columns; judge_grade null where the run did not judge the pair), as `evaluation.AgreementTables`.
-    guidelines_model: "none" when the variant wrote no guidelines.
+    guidelines_model: "none" when the variant wrote no guidelines. examples_held_out, human_overridden: the
+    human-labelled pairs left out of its agreement (shown to its judge as examples; graded by people in review).
     """
 
     variant: str
@@ -60,6 +63,8 @@ class JudgeRun:
     matched: pl.DataFrame
     kendall_tau: float | None
     manifest: Mapping[str, Any]
+    examples_held_out: int = 0
+    human_overridden: int = 0
 
 
 def run_usage(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,7 +111,8 @@ def judges_table(
         kendall = run.kendall_tau
         rows.append({
             "kind": JUDGE, "variant": run.variant, "run_id": run.run_id, "annotate_model": run.annotate_model,
-            "guidelines_model": run.guidelines_model,
+            "guidelines_model": run.guidelines_model, "examples_held_out": run.examples_held_out,
+            "human_overridden": run.human_overridden,
             **_agreement_row(run.matched, "judge_grade", "human_grade", grades, n_bootstrap, seed, confidence),
             "kendall_tau": None if kendall is None or math.isnan(kendall) else float(kendall),
             **run_usage(run.manifest),
@@ -158,12 +164,14 @@ def judges_lines(table: pl.DataFrame) -> list[str]:
 
     agreement_rows = [
         ["*" if r["kind"] == JUDGE and r["variant"] == best else "", name(r), str(r["n_pairs"]), str(r["n_queries"]),
+         "-" if r["examples_held_out"] is None else str(r["examples_held_out"]),
          *(_with_interval(r, m) for m in AGREEMENT_MEASURES),
          "-" if r["kendall_tau"] is None else f"{r['kendall_tau']:.2f}"]
         for r in rows
     ]
-    lines = ["judges vs people (95% intervals: bootstrap over queries; tau: rankers' order by nDCG, judge vs people)"]
-    lines += _fixed_width(["", "judge", "pairs", "queries", "exact", "cohen_kappa", "quadratic_kappa", "tau"],
+    lines = ["judges vs people (95% intervals: bootstrap over queries; tau: rankers' order by nDCG, judge vs people; "
+             "held out: people's examples shown to the judge, not scored)"]
+    lines += _fixed_width(["", "judge", "pairs", "queries", "held out", "exact", "cohen_kappa", "quadratic_kappa", "tau"],
                           agreement_rows, left=2)
     cost_rows = [
         [name(r), _clip(r["annotate_model"]), _clip(r["guidelines_model"]), str(r["llm_calls"]),

@@ -81,10 +81,11 @@ def map_grades(labels: pl.DataFrame, column: str, grade_map: dict[int, int], sou
 
 
 def judge_labels(labels: pl.DataFrame, column: str, grade_map: dict[int, int], source: str) -> pl.DataFrame:
-    """Labels for evaluation: query, product_id, grade, plus label, reasoning, error and title when the file has them
-    (an LLM run's labels folder has the first three; human labels usually none)."""
+    """Labels for evaluation: query, product_id, grade, plus label, reasoning, error, title, product_hash and source
+    when the file has them (an LLM run's labels folder has all but title; human labels usually none)."""
     graded = map_grades(labels, column, grade_map, source)
-    extra = [c for c in ("label", "reasoning", "error", "title") if c in labels.columns and c != column
+    extra = [c for c in ("label", "reasoning", "error", "title", "product_hash", "source")
+             if c in labels.columns and c != column
              and labels[c].dtype == pl.String]
     if not extra:
         return graded

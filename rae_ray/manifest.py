@@ -45,7 +45,7 @@ def stage_cost(config: RunConfig, stage: str, usage: dict[str, Any]) -> float | 
     return price.cost(usage["prompt_tokens"], usage["cached_tokens"], usage["completion_tokens"], batch=batch)
 
 
-def versions(guidelines: bool = True) -> dict[str, str]:
+def versions(guidelines: bool = True, examples: bool = False) -> dict[str, str]:
     import openai
     import polars
     import pyarrow
@@ -57,7 +57,9 @@ def versions(guidelines: bool = True) -> dict[str, str]:
         "rae_ray": __version__, "ray": ray.__version__, "pyarrow": pyarrow.__version__, "polars": polars.__version__,
         "openai": openai.__version__, "python": platform.python_version(),
         "prompts": {"guidelines": GUIDELINE_PROMPT_VERSION if guidelines else None, "captions": CAPTION_PROMPT_VERSION,
-                    "annotate": annotation_prompt_version(guidelines)},
+                    "annotate": annotation_prompt_version(guidelines),
+                    # llm.annotate.examples: the version of the judgements that showed people's examples
+                    **({"annotate_examples": annotation_prompt_version(guidelines, examples=True)} if examples else {})},
     }
 
 
@@ -89,6 +91,6 @@ def build_manifest(
         "cost_usd": {**{s: (round(c, 6) if c is not None else None) for s, c in costs.items()},
                      "total": round(sum(known), 6) if known else None},
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "versions": versions(config.llm.guidelines.enabled),
+        "versions": versions(config.llm.guidelines.enabled, config.llm.annotate.examples is not None),
         "config": redacted(config),
     }

@@ -110,6 +110,8 @@ def judge_run(variant: str, config: RunConfig, result) -> JudgeRun | None:
         guidelines_model=config.llm.guidelines.model if config.llm.guidelines.enabled else "none",
         matched=result.agreement.matched, manifest=result.manifest,
         kendall_tau=float(system["kendall_tau"][0]) if system.height and system["kendall_tau"][0] is not None else None,
+        examples_held_out=result.agreement.coverage.get("examples_held_out", 0),
+        human_overridden=result.agreement.coverage.get("human_overridden", 0),
     )
 
 

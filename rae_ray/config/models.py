@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from rae_ray.config.examples import ExamplesConfig
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run: unknown key, bad value, missing secret."""
@@ -227,6 +229,10 @@ class AnnotateModelConfig(StageModelConfig):
     )
     batch_poll_s: float = Field(default=30.0, gt=0, description="Seconds between polls of a submitted batch.")
     batch_completion_window: str = Field(default="24h", description="completion_window of the batches.")
+    examples: ExamplesConfig | None = Field(
+        default=None, description="Products of the same query graded by people, put into the judge's prompt (in a "
+        "data block); its own prompt version, and the examples shown are part of the label key.",
+    )
 
 
 class GuidelineModelConfig(StageModelConfig):

@@ -41,7 +41,8 @@ class HumanLabels:
 class AgreementTables:
     """Judge vs human: summary rows (kind judge_vs_human, judge_vs_rater, human_vs_human), confusion (judge rows,
     human columns, long form), per-grade precision/recall of the judge, hard disagreements, the rankers' nDCG
-    under each set of labels and Kendall's tau between the two orders, and coverage counts."""
+    under each set of labels and Kendall's tau between the two orders, and coverage counts (human_pairs,
+    examples_held_out, human_overridden: pairs not scored; judged_pairs, judge_errors, not_judged: of the rest)."""
 
     summary: pl.DataFrame
     confusion: pl.DataFrame
@@ -50,7 +51,7 @@ class AgreementTables:
     rankers: pl.DataFrame
     system: pl.DataFrame
     coverage: dict[str, int]
-    matched: pl.DataFrame  # every human-labelled pair with the judge's label (judge_grade null if none)
+    matched: pl.DataFrame  # every scored human-labelled pair with the judge's label (judge_grade null if none)
 
     def frames(self) -> dict[str, pl.DataFrame]:
         """The tables by file name (agreement/<name>.parquet)."""
@@ -136,22 +137,39 @@ def agreement_tables(
     ranked: pl.DataFrame,
     grades: Sequence[int] = (0, 1, 2),
     k: int = 10,
+    held_out: pl.DataFrame | None = None,
 ) -> AgreementTables:
     """Agreement of the judge with people, and of people with each other, on the pairs both labelled.
 
     judge_labels: the judge's labels of the human-labelled pairs; ranked: the ranked lists of the human-labelled
     queries (to score the rankers with human labels); judge_query_metrics: the run's per-query scores (restricted
     here to the human-labelled queries, so both orders of the rankers rest on the same queries).
+    Not the judge's, so never scored (counted in coverage): pairs in `held_out` (query, product_id: shown to the judge
+    as people's examples; `examples_held_out`) and pairs whose label has `source` "human" (a person's grade from
+    review import; `human_overridden`). The rankers' order under people's labels uses every human label.
     """
     grades = sorted(grades)
     raters = list(human.rater_columns)
     individual = [c for c in raters if c != "grade"]
-    people = human.frame.select(
+    everyone = human.frame.select(
         pl.col("query").cast(pl.String), pl.col("product_id").cast(pl.String), pl.col("grade").cast(pl.Int64).alias("human_grade"),
         *[pl.col(c).cast(pl.Int64) for c in individual],
     ).unique(subset=["query", "product_id"], keep="first", maintain_order=True)
     judge = conform_labels(judge_labels).rename({"grade": "judge_grade"})
-    _check_scale(f"human labels {human.source}".strip(), people, ["human_grade", *individual], grades)
+    _check_scale(f"human labels {human.source}".strip(), everyone, ["human_grade", *individual], grades)
+    people = everyone
+    examples = pl.DataFrame(schema={"query": pl.String, "product_id": pl.String})
+    if held_out is not None:
+        examples = held_out.select(pl.col("query").cast(pl.String), pl.col("product_id").cast(pl.String)).unique()
+    people = people.join(examples, on=["query", "product_id"], how="anti", maintain_order="left")
+    n_held_out = everyone.height - people.height
+    if "source" in judge.columns:
+        by_people = judge.filter(pl.col("source") == "human").select("query", "product_id")
+        judge = judge.filter(pl.col("source").is_null() | (pl.col("source") != "human"))
+        scored = people.join(by_people, on=["query", "product_id"], how="anti", maintain_order="left")
+        n_overridden, people = people.height - scored.height, scored
+    else:
+        n_overridden = 0
     _check_scale("judge labels", judge, ["judge_grade"], grades)
     matched = people.join(judge, on=["query", "product_id"], how="left", maintain_order="left")
 
@@ -174,9 +192,11 @@ def agreement_tables(
         .select("query", "product_id", *(["title"] if "title" in matched.columns else []), "judge_grade",
                 "human_grade", "distance", "label", "reasoning", *individual)
     )
-    rankers, system = _ranker_orders(people, judge_query_metrics, ranked, grades, k)
+    rankers, system = _ranker_orders(everyone, judge_query_metrics, ranked, grades, k)
     coverage = {
-        "human_pairs": people.height,
+        "human_pairs": everyone.height,
+        "examples_held_out": n_held_out,
+        "human_overridden": n_overridden,
         "judged_pairs": int(matched["judge_grade"].is_not_null().sum()),
         "judge_errors": int((matched["judge_grade"].is_null() & matched["error"].is_not_null()).sum()),
         "not_judged": int((matched["judge_grade"].is_null() & matched["error"].is_null()).sum()),

@@ -84,12 +84,17 @@ def evaluate(
     grades: Sequence[int] = (0, 1, 2),
     review_limit: int = 2000,
     ideal: dict | None = None,
+    held_out: pl.DataFrame | None = None,
+    scale: str | None = None,
 ) -> EvaluationResult:
     """Ranker table, comparisons, segments, worst queries, regressions, agreement and review queue.
 
     query_metrics: per-query scores (QUERY_METRICS_SCHEMA); segments: (query, segment_type, segment) rows;
     grades: the label scale (for agreement and the "boundary" review reason); ideal: how the per-query scores'
-    nDCG ideal was built (default: from the labels of this run, `{"mode": config.ideal}`).
+    nDCG ideal was built (default: from the labels of this run,
+    `{"mode": config.ideal}`); held_out: (query, product_id) pairs
+    shown to the judge as examples, never scored for agreement; scale: the scale as the review queue shows it
+    (`labelstore.human.scale_text`; default the grades alone).
     """
     require_columns(query_metrics, "query_metrics", tuple(QUERY_METRICS_SCHEMA))
     query_metrics = query_metrics.select(pl.col(n).cast(t) for n, t in QUERY_METRICS_SCHEMA.items())
@@ -121,13 +126,14 @@ def evaluate(
         pairs_frame = human.frame.select(pl.col("query").cast(pl.String), pl.col("product_id").cast(pl.String)).unique()
         judge_matched = source.labels_matching(pairs_frame)
         human_queries = sorted(pairs_frame["query"].unique().to_list())
-        tables = agreement_tables(human, judge_matched, query_metrics, source.ranked_lists(human_queries), grades, k)
+        tables = agreement_tables(human, judge_matched, query_metrics, source.ranked_lists(human_queries), grades, k,
+                                  held_out=held_out)
 
     failed = conform_labels(source.failed_labels(review_limit))
     evidence = finding_evidence(ranked, worst_keys, regression_keys, k)
     finding_labels = labels.join(evidence, on=["query", "product_id"], how="semi")
     queue = review_queue(agreement=tables, failed=failed, finding_labels=finding_labels, grades=grades,
-                         limit=review_limit)
+                         limit=review_limit, scale=scale)
     return EvaluationResult(
         k=k, config=config, rankers=by_ranker, queries=query_metrics, comparisons=comparisons, segments=by_segment,
         worst_queries=worst, regressions=regressed, review_queue=queue, agreement=tables,

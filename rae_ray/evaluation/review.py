@@ -7,6 +7,10 @@ Priority (lower first; a pair appears once, under its first reason):
     4 boundary           the judge gave a middle grade (neither the lowest nor the top one, e.g. "acceptable
                          substitute": where judges and people disagree most) to a product that a reported finding
                          rests on: the top k of a worst query or of a regression
+Pairs a person already graded (label source "human") are not queued again.
+
+People fill `human_grade` (and optionally `note`, `reviewer`, `reviewed_at`); `rae-ray review import` reads the
+file back (`rae_ray.review_import`) by query, product_hash and scale.
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ from collections.abc import Sequence
 import polars as pl
 
 from rae_ray.evaluation.agreement import AgreementTables
-from rae_ray.evaluation.sources import LABEL_SCHEMA, conform, conform_labels
+from rae_ray.evaluation.sources import LABEL_SCHEMA, OPTIONAL_LABEL_COLUMNS, conform, conform_labels
 from rae_ray.metrics.agreement import hard_disagreements
 
 __all__ = ["REVIEW_REASONS", "REVIEW_SCHEMA", "review_queue"]
 
 REVIEW_SCHEMA = {
     "priority": pl.Int64, "review_reason": pl.String, "query": pl.String, "product_id": pl.String,
-    "title": pl.String, "judge_grade": pl.Int64, "judge_label": pl.String, "reasoning": pl.String,
-    "error": pl.String, "known_human_grade": pl.Int64, "human_grade": pl.Int64, "reviewer_note": pl.String,
+    "product_hash": pl.String, "title": pl.String, "judge_grade": pl.Int64, "judge_label": pl.String,
+    "reasoning": pl.String, "error": pl.String, "known_human_grade": pl.Int64, "scale": pl.String,
+    "human_grade": pl.Int64, "note": pl.String, "reviewer": pl.String, "reviewed_at": pl.String,
 }  # fmt: skip
 REVIEW_REASONS = {"hard_disagreement": 1, "disagreement": 2, "stage_error": 3, "boundary": 4}
 
@@ -32,7 +37,7 @@ REVIEW_REASONS = {"hard_disagreement": 1, "disagreement": 2, "stage_error": 3, "
 def _disagreements(agreement: AgreementTables) -> pl.DataFrame:
     """Pairs where judge and human differ by a grade or more, with how many individual raters differ too."""
     matched = agreement.matched
-    raters = [c for c in matched.columns if c not in (*LABEL_SCHEMA, "judge_grade", "human_grade", "title")]
+    raters = [c for c in matched.columns if c not in (*LABEL_SCHEMA, *OPTIONAL_LABEL_COLUMNS, "judge_grade", "human_grade")]
     disagreeing_raters = pl.sum_horizontal(
         [(pl.col(c).is_not_null() & (pl.col(c) != pl.col("judge_grade"))).cast(pl.Int64) for c in raters]
     ) if raters else pl.lit(0)
@@ -45,6 +50,13 @@ def _disagreements(agreement: AgreementTables) -> pl.DataFrame:
     ).drop("distance")
 
 
+def _not_by_people(labels: pl.DataFrame) -> pl.DataFrame:
+    """Labels without the pairs a person graded already (source "human")."""
+    if "source" not in labels.columns:
+        return labels
+    return labels.filter(pl.col("source").is_null() | (pl.col("source") != "human"))
+
+
 def review_queue(
     *,
     agreement: AgreementTables | None,
@@ -52,12 +64,16 @@ def review_queue(
     finding_labels: pl.DataFrame,
     grades: Sequence[int] = (0, 1, 2),
     limit: int = 2000,
+    scale: str | None = None,
 ) -> pl.DataFrame:
     """Pairs for human review, most doubtful first (see the module docstring for the priority); REVIEW_SCHEMA.
 
-    finding_labels: the judge's labels of the top-k products behind the worst queries and regressions.
+    finding_labels: the judge's labels of the top-k products behind the worst queries and regressions; scale: the
+    `scale` column ("2=highly_relevant;1=...", `labelstore.human.scale_text`; default the grades alone).
     """
     grades = sorted(grades)
+    scale = scale or ";".join(str(g) for g in reversed(grades))
+    failed, finding_labels = (_not_by_people(f) for f in (failed, finding_labels))
     parts = []
     if agreement is not None:
         parts.append(_disagreements(agreement))
@@ -75,7 +91,7 @@ def review_queue(
     if not parts:
         return pl.DataFrame(schema=REVIEW_SCHEMA)
     common = ["query", "product_id", "judge_grade", "label", "reasoning", "error", "review_reason", "_distance", "_raters"]
-    optional = {"title": pl.String, "known_human_grade": pl.Int64}
+    optional = {"title": pl.String, "product_hash": pl.String, "known_human_grade": pl.Int64}
     frames = [
         p.select(
             *[pl.col(c) for c in common],
@@ -96,6 +112,7 @@ def review_queue(
     ).drop_nulls("title").unique(subset=["query", "product_id"], keep="first")
     queue = queue.drop("title").join(titles, on=["query", "product_id"], how="left", maintain_order="left")
     queue = queue.rename({"label": "judge_label"}).with_columns(
-        pl.lit(None, dtype=pl.Int64).alias("human_grade"), pl.lit(None, dtype=pl.String).alias("reviewer_note")
+        pl.lit(scale).alias("scale"), pl.lit(None, dtype=pl.Int64).alias("human_grade"),
+        *(pl.lit(None, dtype=pl.String).alias(c) for c in ("note", "reviewer", "reviewed_at")),
     )
     return conform(queue, REVIEW_SCHEMA)

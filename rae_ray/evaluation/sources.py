@@ -35,7 +35,9 @@ LABEL_SCHEMA = {
     "reasoning": pl.String,
     "error": pl.String,
 }
-OPTIONAL_LABEL_COLUMNS = {"title": pl.String}  # carried through when the source has it
+# Carried through when the source has them: the product's title and content hash (the review queue shows them), and
+# `source` (llm, or human: a person's grade from review import, left out of judge-vs-human agreement).
+OPTIONAL_LABEL_COLUMNS = {"title": pl.String, "product_hash": pl.String, "source": pl.String}
 QRELS, RUN = "qrels", "run:"  # the file keys of `trec_chunks`: "qrels", or "run:" + a ranker's name
 
 
@@ -43,7 +45,7 @@ class EvaluationSource(Protocol):
     """Ranked lists and judge labels, asked for by query or by pair (a Ray-backed source filters its datasets).
 
     Label frames have LABEL_SCHEMA's columns (query, product_id, grade, label, reasoning, error; grade null when
-    the judge gave none) and may add `title`.
+    the judge gave none) and may add `title`, `product_hash` and `source`.
     """
 
     def ranked_lists(self, queries: list[str]) -> pl.DataFrame:
@@ -76,7 +78,7 @@ def conform(table: pl.DataFrame, schema: dict) -> pl.DataFrame:
 
 
 def conform_labels(labels: pl.DataFrame) -> pl.DataFrame:
-    """LABEL_SCHEMA columns (missing optional ones as null) plus `title` when present, one row per pair."""
+    """LABEL_SCHEMA columns (missing optional ones as null) plus the OPTIONAL_LABEL_COLUMNS present, one row per pair."""
     require_columns(labels, "labels", ("query", "product_id", "grade"))
     columns = [
         (pl.col(name) if name in labels.columns else pl.lit(None)).cast(dtype).alias(name)

@@ -4,6 +4,7 @@ One Delta Lake table per kind under the store URI (default `<output.uri>/_store`
     guidelines/   key guideline_id
     labels/       key label_key
     captions/     key caption_id
+    human/        key human_key: people's grades from `rae-ray review import` (source `human`)
 
 `keys` makes every key, `delta` reads and writes the tables, `store` looks keys up and publishes batches,
 `maintenance` compacts, counts and migrates (`rae-ray store`), `cached` runs an LLM stage on the store's misses

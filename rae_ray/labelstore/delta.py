@@ -28,7 +28,7 @@ COMMIT_RETRIES = 100  # versions a commit moves on when concurrent writers took 
 RUN_ID = "run_id"
 STORED_AT = "stored_at"
 # The key of each kind; a new kind (e.g. people's grades) is one more entry, or passes its key explicitly.
-KIND_KEYS = {"labels": "label_key", "guidelines": "guideline_id", "captions": "caption_id"}
+KIND_KEYS = {"labels": "label_key", "guidelines": "guideline_id", "captions": "caption_id", "human": "human_key"}
 # Benchmarks set this to a folder: every lookup task appends what it read there as one JSON line.
 IO_LOG_ENV = "RAE_RAY_STORE_IO_LOG"
 _HEX = set("0123456789abcdef")

@@ -58,26 +58,35 @@ def add_caption_ids(batch: pa.Table, model: str) -> pa.Table:
 
 
 def label_key(guideline_id: str | None, product_hash: str, model: str, prompt_version: str, scale: Sequence[dict],
-              image_mode: str = "text", caption_id: str | None = None, query: str | None = None) -> str:
-    """Everything that decides a label: guideline (query, its model and prompt), product content, judge, scale.
+              image_mode: str = "text", caption_id: str | None = None, query: str | None = None,
+              examples_id: str | None = None) -> str:
+    """Everything that decides a label: guideline (query, its model and prompt), product content, judge, scale, and
+    the people's examples shown (`examples_id`, a hash of them; None: no examples, the key of a run without them).
 
     Without a guideline (llm.guidelines.enabled false) the normalized query takes its place.
     """
     decided_by = guideline_id if guideline_id is not None else ["query", normalize_query(query or "")]
-    key = json.dumps([decided_by, product_hash, model, prompt_version, list(scale), image_mode, caption_id],
-                     sort_keys=True, default=str)
+    parts = [decided_by, product_hash, model, prompt_version, list(scale), image_mode, caption_id]
+    if examples_id is not None:
+        parts.append(["examples", examples_id])
+    key = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def add_label_keys(batch: pa.Table, model: str, prompt_version: str, scale: list[dict], image_mode: str) -> pa.Table:
-    """Add `label_key` to pairs that carry query, guideline_id and product_hash, and the image's caption or content id."""
+def add_label_keys(batch: pa.Table, model: str, prompt_version: str, scale: list[dict], image_mode: str,
+                   examples_prompt_version: str | None = None) -> pa.Table:
+    """Add `label_key` to pairs that carry query, guideline_id and product_hash, and the image's caption or content id.
+
+    Pairs with an `examples_id` (people's examples in the prompt) are keyed with it and `examples_prompt_version`.
+    """
     guideline_ids = batch.column("guideline_id").to_pylist()
     hashes = batch.column("product_hash").to_pylist()
     queries = batch.column("query").to_pylist()
     image_column = next((c for c in ("caption_id", "image_id") if c in batch.column_names), None)
     captions = batch.column(image_column).to_pylist() if image_column else [None] * batch.num_rows
-    keys = [label_key(g, h, model, prompt_version, scale, image_mode, c, q)
-            for g, h, c, q in zip(guideline_ids, hashes, captions, queries)]
+    examples = batch.column("examples_id").to_pylist() if "examples_id" in batch.column_names else [None] * batch.num_rows
+    keys = [label_key(g, h, model, prompt_version if e is None else examples_prompt_version, scale, image_mode, c, q, e)
+            for g, h, c, q, e in zip(guideline_ids, hashes, captions, queries, examples)]
     return batch.append_column("label_key", pa.array(keys, pa.string()))
 
 

@@ -133,6 +133,12 @@ def _coverage_text(coverage: dict[str, int]) -> str:
         text += f'; {plural(coverage["judge_errors"], "judgement", "judgements")} failed'
     if coverage["not_judged"]:
         text += f'; {plural(coverage["not_judged"], "pair was", "pairs were")} not judged in this run'
+    if coverage.get("examples_held_out"):
+        text += (f'; {plural(coverage["examples_held_out"], "pair was", "pairs were")} shown to the judge as examples '
+                 "and not scored")
+    if coverage.get("human_overridden"):
+        text += (f'; {plural(coverage["human_overridden"], "pair was", "pairs were")} graded by people in review '
+                 "(source human) and not scored")
     return text + "."
 
 

@@ -72,7 +72,6 @@ class AnnotateStage:
         self.config = config
         self.client = make_client(config)
         self.names = {g["grade"]: g["name"] for g in config.scale}
-        self.prompt_version = annotation_prompt_version(config.guidelines)
         self.response_format = judgement_format(config.scale)
         self.no_vision: str | None = None  # the endpoint's refusal, once it said its model takes no images
 
@@ -105,8 +104,10 @@ class AnnotateStage:
 
     def _messages(self, row: dict, caption: dict | None, data_url: str | None) -> list[dict]:
         guideline = json.loads(row["guideline"]) if self.config.guidelines else None
+        examples = json.loads(row["examples"]) if row.get("examples") else None  # llm.annotate.examples
         return annotation_messages(
-            row["query"], guideline, self.config.scale, product_for_prompt(row), caption=caption, image_data_url=data_url
+            row["query"], guideline, self.config.scale, product_for_prompt(row), caption=caption, image_data_url=data_url,
+            examples=examples,
         )
 
     async def _judge(self, rows: list[dict], messages: list[list[dict] | None]) -> list[CallResult | None]:
@@ -194,7 +195,8 @@ class AnnotateStage:
                 "label": pa.array([self.names.get(g) if g is not None else None for g in grades], pa.string()),
                 "reasoning": pa.array([r.value.reasoning if r is not None and r.value else None for r in results], pa.string()),
                 "model": pa.array([model.model] * n, pa.string()),
-                "prompt_version": pa.array([self.prompt_version] * n, pa.string()),
+                "prompt_version": pa.array([annotation_prompt_version(self.config.guidelines, bool(r.get("examples")))
+                                            for r in rows], pa.string()),
                 "guideline_id": batch.column("guideline_id") if self.config.guidelines else pa.nulls(n, pa.string()),
                 "caption_id": pa.array(caption_ids, pa.string()),
                 "image_id": pa.array(image_ids, pa.string()),

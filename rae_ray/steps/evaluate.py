@@ -10,6 +10,7 @@ from rae_ray.evaluation import LABEL_SCHEMA, QRELS, RUN, RUN_SCHEMA, locale_segm
 from rae_ray.evaluation import evaluate as evaluate_run
 from rae_ray.label_files import load_human_labels
 from rae_ray.labelstore.cached import LABEL_SPEC
+from rae_ray.labelstore.human import scale_text
 from rae_ray.metrics.evaluate import QUERY_METRICS_SCHEMA, query_metrics
 from rae_ray.metrics.ideal import store_pool, with_stored_labels
 from rae_ray.metrics.trec import qrels_lines, run_text
@@ -68,7 +69,8 @@ class RayEvaluationSource:
     def __init__(self, selected, labels, pairs, parts: int = 1):
         self.parts = parts
         self.run = selected.select_columns(list(RUN_SCHEMA))
-        self.labels = labels.select_columns(list(LABEL_SCHEMA))
+        carried = [c for c in ("product_hash", "source") if c in labels.columns()]
+        self.labels = labels.select_columns([*LABEL_SCHEMA, *carried])
         self.titles = pairs.select_columns(["query", "product_id", "title"]) if "title" in pairs.columns() else None
 
     def _with_titles(self, labels: pl.DataFrame, queries: list[str]) -> pl.DataFrame:
@@ -136,8 +138,10 @@ def _join_pieces(batch: pa.Table) -> pa.Table:
     return joined.to_arrow().cast(_PIECES)
 
 
-def evaluate(job: Job, inputs: Inputs, log: LogRows, pairs, labels):
-    """Per-query metrics on Ray; rankers, comparisons, segments, problems, agreement on the small per-query table."""
+def evaluate(job: Job, inputs: Inputs, log: LogRows, pairs, labels, held_out: pl.DataFrame | None = None):
+    """Per-query metrics on Ray; rankers, comparisons, segments, problems, agreement on the small per-query table.
+
+    held_out: (query, product_id) pairs shown to the judge as people's examples, never scored for agreement."""
     from ray.data.expressions import col
 
     import ray
@@ -169,5 +173,6 @@ def evaluate(job: Job, inputs: Inputs, log: LogRows, pairs, labels):
     human = load_human_labels(config.input.human_labels, job.storage) if config.input.human_labels else None
     source = RayEvaluationSource(log.selected, labels, pairs, job.parts)
     result = evaluate_run(query_metrics=by_query, source=source, config=config.metrics, segments=segments,
-                          human=human, grades=[g.grade for g in config.scale.grades], ideal=ideal)
+                          human=human, grades=[g.grade for g in config.scale.grades], ideal=ideal,
+                          held_out=held_out, scale=scale_text(config.scale.as_dicts()))
     return write_evaluation(result, source, job.storage, job.layout)

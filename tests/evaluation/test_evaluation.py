@@ -80,7 +80,8 @@ def test_agreement_by_hand(small_result):
     hard = tables.hard_disagreements
     assert hard.select("query", "product_id", "judge_grade", "human_grade").rows() == [("red shoes", "p3", 0, 2)]
     assert "shoe horn" in hard["reasoning"][0]
-    assert tables.coverage == {"human_pairs": 9, "judged_pairs": 7, "judge_errors": 1, "not_judged": 1}
+    assert tables.coverage == {"human_pairs": 9, "examples_held_out": 0, "human_overridden": 0, "judged_pairs": 7,
+                               "judge_errors": 1, "not_judged": 1}
     system = tables.system.row(0, named=True)
     assert system["n_rankers"] == 2 and system["n_queries"] == 3 and -1 <= system["kendall_tau"] <= 1
 
