@@ -161,16 +161,21 @@ class LabelStore:
         key = key or KIND_KEYS.get(kind)
         values = pa.array(list(values) if not isinstance(values, (pa.Array, pa.ChunkedArray)) else values)
         dataset = self._dataset(kind)
-        if dataset is None or len(values) == 0:
+        # A table without `column` (records stored before it existed) matches nothing.
+        if dataset is None or len(values) == 0 or column not in dataset.schema.names:
             names = columns or ([key, column] if key else [column])
             return pa.table({name: pa.array([], pa.string()) for name in dict.fromkeys(names)})
         names = list(dict.fromkeys(columns or [n for n in dataset.schema.names if n != BUCKET]))
-        read = list(dict.fromkeys([*names, *([key] if key else []), *[c for c in (STORED_AT, RUN_ID)
-                                                                      if c in dataset.schema.names]]))
+        present = [n for n in names if n in dataset.schema.names]
+        read = list(dict.fromkeys([*present, *([key] if key else []), *[c for c in (STORED_AT, RUN_ID)
+                                                                        if c in dataset.schema.names]]))
         found = dataset.to_table(columns=read, filter=pads.field(column).isin(values.cast(
             dataset.schema.field(column).type)))
         if key:
             found = one_per_key(pl.from_arrow(found), key).to_arrow()
+        for name in names:  # a column no record has (yet) is null
+            if name not in present:
+                found = found.append_column(name, pa.nulls(found.num_rows))
         return found.select(names)
 
     def mean_completion_tokens(self, kind: str, model: str) -> float | None:

@@ -32,8 +32,10 @@ def queue_csv(path, rows: list[dict], header=HEADER) -> str:
     return str(path)
 
 
-def human_shards(store) -> list:
-    return sorted((store / HUMAN_KIND).glob("*.parquet")) if (store / HUMAN_KIND).exists() else []
+def human_records(store) -> pl.DataFrame | None:
+    """The store's human table as written (every record), None when the store has none."""
+    table = store / HUMAN_KIND
+    return pl.read_delta(str(table)) if (table / "_delta_log").exists() else None
 
 
 GOOD = [
@@ -48,8 +50,7 @@ def test_a_good_file_becomes_human_records(tmp_path):
     store = tmp_path / "store"
     result = import_review(queue_csv(tmp_path / "queue.csv", GOOD), str(store))
     assert (result.imported, result.not_graded) == (2, 1)
-    (shard,) = human_shards(store)
-    records = pl.read_parquet(shard).sort("product_id")
+    records = human_records(store).sort("product_id")
     assert records["grade"].to_list() == [2, 0]
     assert records["label"].to_list() == ["highly_relevant", "irrelevant"]
     assert records["reviewer"].to_list() == ["ana", None] and records["note"].to_list() == ["clearly red", None]
@@ -82,7 +83,7 @@ def test_a_bad_row_names_file_line_and_column_and_imports_nothing(tmp_path, kind
         import_review(path, str(store))
     message = str(raised.value)
     assert "nothing imported" in message and f"{path}{problem}" in message, message
-    assert human_shards(store) == []
+    assert human_records(store) is None
 
 
 def test_missing_columns_import_nothing(tmp_path):
@@ -91,7 +92,7 @@ def test_missing_columns_import_nothing(tmp_path):
     path = queue_csv(tmp_path / "queue.csv", GOOD[:1], header=header)
     with pytest.raises(InputError, match=r"queue\.csv:1: missing column\(s\) \['product_hash', 'scale'\]"):
         import_review(path, str(store))
-    assert human_shards(store) == []
+    assert human_records(store) is None
 
 
 def test_every_problem_is_listed_at_once(tmp_path):
@@ -108,7 +109,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     bad = queue_csv(tmp_path / "bad.csv", [{**GOOD[0], "human_grade": "9"}])
     assert main(["review", "import", bad, "--store", str(tmp_path / "store")]) == 2
     assert "bad.csv:2, column human_grade: 9 is off the scale" in capsys.readouterr().err
-    assert len(human_shards(tmp_path / "store")) == 1
+    assert human_records(tmp_path / "store").height == 2  # the bad file added nothing
 
 
 def test_scale_text_parses():
@@ -136,12 +137,12 @@ def test_human_records_become_label_rows_like_the_judge_s():
 
 
 def test_the_newest_import_is_the_record_the_store_keeps():
-    from rae_ray.labelstore.human import HUMAN_KEY, HUMAN_LOOKUP
-    from rae_ray.labelstore.store import RECORD, pack_records
+    from rae_ray.labelstore.delta import STORED_AT, one_per_key
+    from rae_ray.labelstore.human import HUMAN_KEY
 
-    records = pa.table({HUMAN_KEY: ["k", "k"], "accepted_at": ["2026-11-30T10:00:00.000001+00:00",
-                                                             "2026-12-01T09:00:00.000000+00:00"],
-                        "grade": pa.array([2, 0], pa.int16()), "label": ["a", "b"], "note": ["old", "new"],
-                        "reviewer": ["x", "y"], "reviewed_at": [None, None]})
-    packed = pack_records(records, HUMAN_KEY, list(HUMAN_LOOKUP)).column(RECORD).to_pylist()
-    assert '"note": "new"' in max(packed)  # the lookup's one record per key: the largest packed record
+    records = pl.DataFrame({HUMAN_KEY: ["k", "k"], STORED_AT: ["2026-12-01T09:00:00", "2026-11-30T10:00:00"],
+                            "grade": [0, 2], "note": ["new", "old"]})
+    # The lookup's one record per key: for people's grades the last stored, whatever the files' order.
+    for frame in (records, records.reverse()):
+        assert one_per_key(frame, HUMAN_KEY)["note"].to_list() == ["new"]
+    assert one_per_key(records.rename({HUMAN_KEY: "label_key"}), "label_key")["note"].to_list() == ["old"]
