@@ -54,6 +54,7 @@ class Steps:
     error_counts: dict[str, int]
     evaluation: Any
     stage_usage: dict[str, dict[str, Any]]
+    confidence: dict[str, Any] | None = None  # the manifest's section, with votes (llm.annotate.samples, panel)
 
 
 def timed(seconds: dict[str, float], name: str, started: float) -> float:
@@ -105,7 +106,7 @@ def _steps(job: Job, inputs: Inputs, stage_configs: dict[str, LLMStageConfig], s
              + ("" if guidelines is not None else " (off: llm.guidelines.enabled false)"))
 
     t = time.monotonic()
-    labels, step_counts = write_labels(job, pairs, guidelines, images, stage_configs["annotate"])
+    labels, step_counts, votes, confidence = write_labels(job, pairs, guidelines, images, stage_configs["annotate"])
     counts.update(step_counts)
     progress(f"annotate: {counts['pairs_unique']} pairs in {timed(seconds, 'annotate', t):.1f}s")
 
@@ -115,11 +116,14 @@ def _steps(job: Job, inputs: Inputs, stage_configs: dict[str, LLMStageConfig], s
     evaluation = evaluate(job, inputs, log, pairs, labels)
     timed(seconds, "metrics", t)
 
-    stage_usage = {"guidelines": usage_totals(guidelines), "annotate": usage_totals(labels)}
+    # Annotation is counted by vote (a pair judged 3 times is 3 calls, or 3 store hits); a panel is priced by judge.
+    stage_usage = {"guidelines": usage_totals(guidelines), "annotate": usage_totals(votes)}
+    if confidence is not None:
+        stage_usage["annotate"]["by_model"] = confidence["judges"]
     if images.captioned is not None:
         stage_usage["captions"] = usage_totals(images.captioned)
     return Steps(images=images, labels=labels, counts=counts, error_counts=error_counts, evaluation=evaluation,
-                 stage_usage=stage_usage)
+                 stage_usage=stage_usage, confidence=confidence)
 
 
 def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
@@ -177,7 +181,8 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
         status=status, store=job.store.uri if job.store else None,
         extra={**image_counts(done.images, done.labels),
                # llm_calls and tokens count the last attempt; the calls of failed attempts are in the store.
-               "attempts": 1 + len(attempts_failed), "attempts_failed": attempts_failed},
+               "attempts": 1 + len(attempts_failed), "attempts_failed": attempts_failed,
+               **({"confidence": done.confidence} if done.confidence is not None else {})},
     )
     job.storage.write_json(job.layout.manifest, manifest)
     write_report(done.evaluation, manifest, job.storage, job.layout)

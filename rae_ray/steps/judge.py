@@ -1,26 +1,54 @@
 """Judge: one label per unique (query, product) pair, from the label store or else by the LLM against the
-query's guideline (and the image's caption or the image itself)."""
+query's guideline (and the image's caption or the image itself).
+
+With votes (llm.annotate.samples > 1 or a panel) each pair is judged by every judge `samples` times: the pairs
+become vote rows, each looked up in the store under its own key, the misses judged by that judge's actor pool,
+and the votes of a pair become its label (`stages.votes`: majority, ties to the lower grade, confidence).
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from rae_ray.labelstore.cached import LABEL_SPEC, cached_stage
-from rae_ray.labelstore.keys import add_label_keys
 from rae_ray.llm.prompts import annotation_prompt_version
 from rae_ray.runtime import Job, left_join, progress, write
 from rae_ray.stages.annotate import NO_VISION, AnnotateStage
 from rae_ray.stages.common import LLMStageConfig
+from rae_ray.stages.votes import PAIR, aggregate_votes, explode_votes
+from rae_ray.steps.confidence import confidence_summary
 from rae_ray.steps.images import Images
 
+# Vote rows through the store: a label row, plus the vote's judge and sample, and the pair's own key.
+VOTE_SPEC = replace(LABEL_SPEC, output=[*LABEL_SPEC.output, "pair_key", "vote_judge", "vote_sample"])
 
-def write_labels(job: Job, pairs, guidelines, images: Images, stage_config: LLMStageConfig) -> tuple[Any, dict[str, int]]:
-    """One label per unique pair (store first, then the LLM against the query's guideline); written to labels/."""
+
+def judge_stage_config(job: Job, first: LLMStageConfig, model: str, endpoint_name: str) -> LLMStageConfig:
+    """A panel member's stage config: llm.annotate's, with its own model, endpoint and price."""
+    config = job.config
+    endpoint = config.llm.endpoints[endpoint_name]
+    compute = config.compute.annotate
+    in_flight = compute.max_concurrent_requests
+    if endpoint.max_in_flight is not None:
+        in_flight = max(1, min(in_flight, endpoint.max_in_flight // compute.max_actors))
+    return first.model_copy(update={
+        "endpoint": endpoint, "model": first.model.model_copy(update={"model": model}),
+        "price": config.pricing.get(model), "max_concurrent_requests": in_flight})
+
+
+def write_labels(job: Job, pairs, guidelines, images: Images,
+                 stage_config: LLMStageConfig) -> tuple[Any, dict[str, int], Any, dict[str, Any] | None]:
+    """One label per unique pair (store first, then the LLM against the query's guideline); written to labels/.
+
+    Returns (labels, counts, votes: one row per vote, confidence: the manifest's section, None with one vote)."""
     from ray.data.expressions import col
 
     annotate = job.config.llm.annotate
-    keyed = pairs.map_batches(add_label_keys, batch_format="pyarrow", fn_kwargs={
-        "model": annotate.model, "prompt_version": annotation_prompt_version(stage_config.guidelines),
+    judges = annotate.judges
+    votes = pairs.map_batches(explode_votes, batch_format="pyarrow", fn_kwargs={
+        "models": [model for model, _ in judges], "samples": annotate.samples,
+        "prompt_version": annotation_prompt_version(stage_config.guidelines),
         "scale": job.config.scale.as_dicts(), "image_mode": job.config.images.mode})
 
     def with_guidelines(misses):
@@ -32,13 +60,24 @@ def write_labels(job: Job, pairs, guidelines, images: Images, stage_config: LLMS
             misses = left_join(misses, images.data_urls, ("image_url",), job.parts)
         return misses
 
-    labels = cached_stage(keyed, LABEL_SPEC, AnnotateStage, stage_config, job.config.compute.annotate,
-                          store=job.store, run_id=job.run_id, parts=job.parts, prepare_misses=with_guidelines)
+    judged = []
+    for index, (model, endpoint) in enumerate(judges):  # one actor pool per judge model (its endpoint, limits, price)
+        config = stage_config if index == 0 else judge_stage_config(job, stage_config, model, endpoint)
+        mine = votes if len(judges) == 1 else votes.filter(expr=col("vote_judge") == index)
+        judged.append(cached_stage(mine, VOTE_SPEC, AnnotateStage, config, job.config.compute.annotate,
+                                   store=job.store, run_id=job.run_id, parts=job.parts, prepare_misses=with_guidelines))
+    votes = judged[0] if len(judged) == 1 else judged[0].union(*judged[1:]).materialize()
+    aggregate = {"fn": aggregate_votes, "batch_format": "pyarrow", "fn_kwargs": {"output": LABEL_SPEC.output}}
+    if annotate.votes_per_pair == 1:  # one vote per pair: its label, no shuffle
+        labels = votes.map_batches(**aggregate).materialize()
+    else:
+        labels = votes.groupby(PAIR, num_partitions=job.parts).map_groups(**aggregate).materialize()
     counts = {"labelled": labels.filter(expr=col("grade").is_not_null()).count()}
     if job.config.images.mode == "direct":
         no_vision = labels.filter(expr=col("image_status") == NO_VISION).count()
         if no_vision:
             progress(f"annotate: endpoint {stage_config.endpoint.base_url} model {annotate.model} takes no images: "
                      f"{no_vision} pairs judged on text (image_status {NO_VISION})")
+    confidence = confidence_summary(job, labels, votes) if annotate.votes_per_pair > 1 else None
     write(labels, job.layout.labels, job.storage, "labels")
-    return labels, counts
+    return labels, counts, votes, confidence
