@@ -7,6 +7,10 @@ Priority (lower first; a pair appears once, under its first reason):
     4 boundary           the judge gave a middle grade (neither the lowest nor the top one, e.g. "acceptable
                          substitute": where judges and people disagree most) to a product that a reported finding
                          rests on: the top k of a worst query or of a regression
+    5 low_confidence     the judge's votes disagreed (llm.annotate.samples or panel: confidence below 1)
+
+With votes, labels of confidence below 1 come first, least confident first, whatever their reason; the others
+follow in priority order. `confidence` and `votes` ("model#sample=grade ...") are null without votes.
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ REVIEW_SCHEMA = {
     "priority": pl.Int64, "review_reason": pl.String, "query": pl.String, "product_id": pl.String,
     "title": pl.String, "judge_grade": pl.Int64, "judge_label": pl.String, "reasoning": pl.String,
     "error": pl.String, "known_human_grade": pl.Int64, "human_grade": pl.Int64, "reviewer_note": pl.String,
+    "confidence": pl.Float64, "votes": pl.String,
 }  # fmt: skip
-REVIEW_REASONS = {"hard_disagreement": 1, "disagreement": 2, "stage_error": 3, "boundary": 4}
+REVIEW_REASONS = {"hard_disagreement": 1, "disagreement": 2, "stage_error": 3, "boundary": 4, "low_confidence": 5}
+VOTE_COLUMNS = ("confidence", "votes")
 
 
 def _disagreements(agreement: AgreementTables) -> pl.DataFrame:
     """Pairs where judge and human differ by a grade or more, with how many individual raters differ too."""
     matched = agreement.matched
-    raters = [c for c in matched.columns if c not in (*LABEL_SCHEMA, "judge_grade", "human_grade", "title")]
+    raters = [c for c in matched.columns
+              if c not in (*LABEL_SCHEMA, "judge_grade", "human_grade", "title", *VOTE_COLUMNS)]
     disagreeing_raters = pl.sum_horizontal(
         [(pl.col(c).is_not_null() & (pl.col(c) != pl.col("judge_grade"))).cast(pl.Int64) for c in raters]
     ) if raters else pl.lit(0)
@@ -52,6 +59,7 @@ def review_queue(
     finding_labels: pl.DataFrame,
     grades: Sequence[int] = (0, 1, 2),
     limit: int = 2000,
+    uncertain: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Pairs for human review, most doubtful first (see the module docstring for the priority); REVIEW_SCHEMA.
 
@@ -72,10 +80,14 @@ def review_queue(
             .filter(pl.col("judge_grade").is_in(middle))
             .with_columns(pl.lit("boundary").alias("review_reason"), pl.lit(0).alias("_distance"), pl.lit(0).alias("_raters"))
         )
+    if uncertain is not None and uncertain.height:
+        parts.append(conform_labels(uncertain).rename({"grade": "judge_grade"}).with_columns(
+            pl.lit("low_confidence").alias("review_reason"), pl.lit(0).alias("_distance"), pl.lit(0).alias("_raters"),
+        ))
     if not parts:
         return pl.DataFrame(schema=REVIEW_SCHEMA)
     common = ["query", "product_id", "judge_grade", "label", "reasoning", "error", "review_reason", "_distance", "_raters"]
-    optional = {"title": pl.String, "known_human_grade": pl.Int64}
+    optional = {"title": pl.String, "known_human_grade": pl.Int64, "confidence": pl.Float64, "votes": pl.String}
     frames = [
         p.select(
             *[pl.col(c) for c in common],
@@ -85,8 +97,11 @@ def review_queue(
     ]
     queue = (
         pl.concat(frames, how="vertical_relaxed")
-        .with_columns(pl.col("review_reason").replace_strict(REVIEW_REASONS, return_dtype=pl.Int64).alias("priority"))
-        .sort(["priority", "_distance", "_raters", "query", "product_id"], descending=[False, True, True, False, False])
+        .with_columns(pl.col("review_reason").replace_strict(REVIEW_REASONS, return_dtype=pl.Int64).alias("priority"),
+                      # Votes that disagreed first, least confident first; every other label ranks as confident.
+                      pl.when(pl.col("confidence") < 1).then(pl.col("confidence")).otherwise(1.0).alias("_doubt"))
+        .sort(["_doubt", "priority", "_distance", "_raters", "query", "product_id"],
+              descending=[False, False, True, True, False, False])
         .unique(subset=["query", "product_id"], keep="first", maintain_order=True)
         .head(limit)
     )

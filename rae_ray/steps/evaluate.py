@@ -33,7 +33,9 @@ class RayEvaluationSource:
     def __init__(self, selected, labels, pairs, parts: int = 1):
         self.parts = parts
         self.run = selected.select_columns(list(RUN_SCHEMA))
-        self.labels = labels.select_columns(list(LABEL_SCHEMA))
+        # With votes: the label's confidence and its votes too (the review queue lists the least confident first).
+        self.labels = labels.select_columns([*LABEL_SCHEMA, *(c for c in ("confidence", "votes")
+                                                               if c in labels.columns())])
         self.titles = pairs.select_columns(["query", "product_id", "title"]) if "title" in pairs.columns() else None
 
     def _with_titles(self, labels: pl.DataFrame, queries: list[str]) -> pl.DataFrame:
@@ -64,6 +66,16 @@ class RayEvaluationSource:
         from ray.data.expressions import col
 
         return to_polars(self.labels.filter(expr=col("error").is_not_null()).limit(limit), schema=LABEL_SCHEMA)
+
+    def least_confident(self, limit: int) -> pl.DataFrame:
+        """The `limit` labels of lowest confidence below 1, least confident first (none without votes)."""
+        from ray.data.expressions import col
+
+        if "confidence" not in self.labels.columns():
+            return pl.DataFrame(schema=LABEL_SCHEMA)
+        low = to_polars(self.labels.filter(expr=col("confidence") < 1.0).sort("confidence").limit(limit),
+                        schema=LABEL_SCHEMA)
+        return self._with_titles(low, low["query"].unique().to_list()).sort("confidence", maintain_order=True)
 
     def trec_chunks(self, rankers: list[str]):
         """The lines are made on Ray, a block at a time (a run's lines per query, so rankings stay whole); the

@@ -162,3 +162,30 @@ def test_panel_members_need_known_endpoints():
     config = config_from_dict(base)
     assert config.llm.annotate.judges == [("a", "default"), ("b", "default"), ("c", "e")]
     assert config.llm.annotate.votes_per_pair == 3
+
+
+def test_review_queue_lists_the_least_confident_first_and_keeps_its_columns():
+    from rae_ray.evaluation.review import REVIEW_SCHEMA, review_queue
+    from rae_ray.evaluation.sources import conform_labels, least_confident
+
+    labels = pl.from_arrow(aggregate_votes(votes_of({
+        "sure": [("m", 0, 1), ("m", 1, 1), ("m", 2, 1)],
+        "split": [("m", 0, 2), ("m", 1, 1), ("m", 2, 0)],
+        "lean": [("m", 0, 2), ("m", 1, 2), ("m", 2, 0)],
+        "failed": [("m", 0, None), ("m", 1, None), ("m", 2, None)],
+    }), LABEL_SPEC.output))
+    failed = conform_labels(labels.filter(pl.col("error").is_not_null()))
+    finding = conform_labels(labels.filter(pl.col("query") == "sure"))  # a middle grade behind a finding
+    queue = review_queue(agreement=None, failed=failed, finding_labels=finding,
+                         uncertain=conform_labels(least_confident(labels, 10)))
+    assert list(queue.columns) == list(REVIEW_SCHEMA)
+    assert queue["query"].to_list() == ["split", "lean", "failed", "sure"]
+    assert queue["review_reason"].to_list() == ["low_confidence", "low_confidence", "stage_error", "boundary"]
+    assert queue["confidence"].to_list()[:2] == [pytest.approx(1 / 3), pytest.approx(2 / 3)]
+    assert queue["votes"][0] == "m#0=2 m#1=1 m#2=0"
+    assert queue["votes"][2] == "m#0=failed m#1=failed m#2=failed"
+    # Without votes the queue is as before: no confidence, the old order.
+    plain = review_queue(agreement=None, failed=failed.drop("confidence", "votes"),
+                         finding_labels=finding.drop("confidence", "votes"))
+    assert plain["review_reason"].to_list() == ["stage_error", "boundary"]
+    assert plain["confidence"].null_count() == 2
