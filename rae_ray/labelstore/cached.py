@@ -31,6 +31,8 @@ class StageSpec:
     output: list[str]
     # Results not stored although successful: labels judged without the image their key names.
     unstored_image_status: tuple[str, ...] = ()
+    # Output columns kept out of the store's shards (a vote's judge and sample: its key says both).
+    unstored_columns: tuple[str, ...] = ()
 
 
 GUIDELINE_SPEC = StageSpec(
@@ -122,11 +124,12 @@ class KeyedStage:
     """
 
     def __init__(self, stage_cls, key: str, output: list[str], config: LLMStageConfig,
-                 publish: dict[str, Any] | None = None):
+                 publish: dict[str, Any] | None = None, unstored: tuple[str, ...] = ()):
         self.stage = stage_cls(config)
         self.key = key
         self.output = output
         self.publish = publish
+        self.unstored = list(unstored)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         out = await self.stage(batch)
@@ -134,7 +137,7 @@ class KeyedStage:
             out = out.append_column(self.key, batch.column(self.key))
         out = conform(out, self.output)
         if self.publish is not None:
-            await asyncio.to_thread(publish_shard, out, **self.publish)
+            await asyncio.to_thread(publish_shard, out.drop_columns(self.unstored), **self.publish)
         return out
 
 
@@ -163,5 +166,6 @@ def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, c
         publish = {"uri": store.folder(spec.store_kind), "storage": store.storage, "run_id": run_id,
                    "unstored_image_status": spec.unstored_image_status}
     new = actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
-                                         "config": stage_config, "publish": publish}, compute)
+                                         "config": stage_config, "publish": publish,
+                                         "unstored": spec.unstored_columns}, compute)
     return compact((new if hits is None else hits.union(new)).materialize())

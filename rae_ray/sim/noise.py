@@ -2,10 +2,11 @@
 hard pairs, so repeated samples of a pair disagree the way a sampling LLM's do.
 
 A pair is hard when the judge's match score lies near a grade boundary: the chance of a move is
-2 * P * (1 - distance / band) (band: the width of one grade's score band; 0 at a band's middle or the ends of
-the scale), which averages about P over scores spread evenly. The move goes across the nearest boundary (up when
-the score lies below it), or inward at the ends of the scale. Deterministic: the draw is a hash of the request's
-data blocks, model and `seed`, so a repeated request gets the same answer and each sample (seed i) its own.
+2 * P * (1 - distance / band), at most 0.35 (band: the width of one grade's score band; 0 at a band's middle
+and at the ends of the scale), which averages about P over evenly spread scores for P up to about 0.15. The move
+goes across the nearest boundary (up when the score lies below it), or inward at the ends of the scale.
+Deterministic: the draw is a hash of the request's data blocks, model and `seed`, so a repeated request gets the
+same answer and each sample (seed i) its own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from rae_ray.sim.judge import _scale
 # The judge's reasoning states its score (`sim.judge.judge`): "Match score 0.43 of 1 gives grade ...".
 _SCORE = re.compile(r"Match score (\d+(?:\.\d+)?) of 1")
 TOP_BAND_START = 0.7  # `sim.judge._grade_index`: the top grade starts at this score, equal bands below it
+# Below one half: a pair's majority of samples keeps the judge's own grade more often than not (as sampling an
+# LLM more often helps), however hard the pair.
+MAX_CHANCE = 0.35
 
 
 def move_chance(score: float, n_grades: int, noise: float) -> tuple[float, int]:
@@ -32,7 +36,7 @@ def move_chance(score: float, n_grades: int, noise: float) -> tuple[float, int]:
     boundaries = [band * i for i in range(1, top + 1)]
     nearest = min(boundaries, key=lambda b: abs(score - b))
     distance = abs(score - nearest)
-    return min(1.0, 2 * noise * max(0.0, 1 - distance / band)), (1 if score < nearest else -1)
+    return min(MAX_CHANCE, 2 * noise * max(0.0, 1 - distance / band)), (1 if score < nearest else -1)
 
 
 def draw(blocks: dict[str, Any], model: str, seed: Any) -> float:

@@ -21,7 +21,8 @@ from rae_ray.steps.confidence import confidence_summary
 from rae_ray.steps.images import Images
 
 # Vote rows through the store: a label row, plus the vote's judge and sample, and the pair's own key.
-VOTE_SPEC = replace(LABEL_SPEC, output=[*LABEL_SPEC.output, "pair_key", "vote_judge", "vote_sample"])
+VOTE_COLUMNS = ("pair_key", "vote_judge", "vote_sample")
+VOTE_SPEC = replace(LABEL_SPEC, output=[*LABEL_SPEC.output, *VOTE_COLUMNS], unstored_columns=VOTE_COLUMNS)
 
 
 def judge_stage_config(job: Job, first: LLMStageConfig, model: str, endpoint_name: str) -> LLMStageConfig:
