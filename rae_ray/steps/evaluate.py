@@ -75,6 +75,8 @@ class RayEvaluationSource:
             return pl.DataFrame(schema=LABEL_SCHEMA)
         low = to_polars(self.labels.filter(expr=col("confidence") < 1.0).sort("confidence").limit(limit),
                         schema=LABEL_SCHEMA)
+        if low.is_empty():
+            return low
         return self._with_titles(low, low["query"].unique().to_list()).sort("confidence", maintain_order=True)
 
     def trec_chunks(self, rankers: list[str]):
