@@ -2,8 +2,8 @@
 query's guideline (and the image's caption or the image itself).
 
 With votes (llm.annotate.samples > 1 or a panel) each pair is judged by every judge `samples` times: the pairs
-become vote rows, each looked up in the store under its own key, the misses judged by that judge's actor pool,
-and the votes of a pair become its label (`stages.votes`: majority, ties to the lower grade, confidence).
+become vote rows, each looked up in the store under its own key, the misses judged by their judge (a panel's
+judges side by side in one actor pool, `stages.panel`), and the votes of a pair become its label (`stages.votes`: majority, ties to the lower grade, confidence).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from rae_ray.llm.prompts import annotation_prompt_version
 from rae_ray.runtime import Job, left_join, progress, write
 from rae_ray.stages.annotate import NO_VISION, AnnotateStage
 from rae_ray.stages.common import LLMStageConfig
+from rae_ray.stages.panel import PanelStage
 from rae_ray.stages.votes import PAIR, aggregate_votes, explode_votes
 from rae_ray.steps.confidence import confidence_summary
 from rae_ray.steps.images import Images
@@ -61,13 +62,14 @@ def write_labels(job: Job, pairs, guidelines, images: Images,
             misses = left_join(misses, images.data_urls, ("image_url",), job.parts)
         return misses
 
-    judged = []
-    for index, (model, endpoint) in enumerate(judges):  # one actor pool per judge model (its endpoint, limits, price)
-        config = stage_config if index == 0 else judge_stage_config(job, stage_config, model, endpoint)
-        mine = votes if len(judges) == 1 else votes.filter(expr=col("vote_judge") == index)
-        judged.append(cached_stage(mine, VOTE_SPEC, AnnotateStage, config, job.config.compute.annotate,
-                                   store=job.store, run_id=job.run_id, parts=job.parts, prepare_misses=with_guidelines))
-    votes = judged[0] if len(judged) == 1 else judged[0].union(*judged[1:]).materialize()
+    if len(judges) == 1:
+        stage_cls, configs = AnnotateStage, stage_config
+    else:  # a panel: one actor pool, each actor holding every judge (its endpoint, limits and price)
+        stage_cls = PanelStage
+        configs = [stage_config, *(judge_stage_config(job, stage_config, model, endpoint)
+                                   for model, endpoint in judges[1:])]
+    votes = cached_stage(votes, VOTE_SPEC, stage_cls, configs, job.config.compute.annotate, store=job.store,
+                         run_id=job.run_id, parts=job.parts, prepare_misses=with_guidelines)
     aggregate = {"fn": aggregate_votes, "batch_format": "pyarrow", "fn_kwargs": {"output": LABEL_SPEC.output}}
     if annotate.votes_per_pair == 1:  # one vote per pair: its label, no shuffle
         labels = votes.map_batches(**aggregate).materialize()
