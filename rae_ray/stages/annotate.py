@@ -121,7 +121,7 @@ class AnnotateStage:
 
     async def _judge(self, rows: list[dict], messages: list[list[dict] | None]) -> list[CallResult | None]:
         """One result per row (None where there is nothing to send): online calls gathered under the client's
-        semaphore, or, in batch mode, one provider batch for the lot."""
+        semaphore, or, in batch mode, one provider batch per sample (a vote's sample i > 0 carries seed i)."""
         # A vote's sample i > 0 is sent with seed i (`stages.votes`); rows without vote_sample are sample 0.
         samples = [row.get("vote_sample") or 0 for row in rows]
         if not getattr(self.config.model, "batch", False):  # AnnotateModelConfig.batch
