@@ -64,3 +64,18 @@ def test_a_panel_answers_each_vote_with_its_judge(start_sim):
     assert (both["vote_judge"] == both["vote_judge_sent"]).all() and (both["vote_sample"] == both["vote_sample_sent"]).all()
     assert both.filter(pl.col("vote_judge") == 1)["model"].unique().to_list() == ["n"]
     assert sim.stats()["by_model"] == {"m": 8, "n": 8}
+
+
+def test_batch_mode_sends_one_provider_batch_per_sample(start_sim, tmp_path):
+    sim = start_sim(judge_noise=0.3, record_requests=0)
+    config = LLMStageConfig(
+        endpoint=EndpointConfig(base_url=sim.base_url, api_key_required=False),
+        model=AnnotateModelConfig(model="m", samples=2, temperature=0.7, batch=True, batch_poll_s=0.05),
+        scale=SCALE, batch_state_uri=str(tmp_path / "batches"))
+    votes = explode_votes(pairs(), ["m"], 2, "v", SCALE, "text")
+    stage = KeyedStage(AnnotateStage, "label_key", VOTE_SPEC.output, config, None, VOTE_SPEC.unstored_columns)
+    out = pl.from_arrow(asyncio.run(stage(votes)))
+    assert out["error"].null_count() == out.height == 8
+    assert out["vote_sample"].to_list() == votes.column("vote_sample").to_pylist()
+    stats = sim._call("GET", "/stats/batches")
+    assert stats["batches_created"] == 2 and stats["batch_requests"] == 8
