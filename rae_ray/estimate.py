@@ -1,7 +1,8 @@
 """`rae-ray estimate`: calls, tokens and cost of a run before any LLM call (a dry run on Ray Data).
 
 It runs the job's own steps up to the pairs (same validation, sampling, dedup), looks every key up in the
-label store, and prices only the misses. Prompt tokens come from the prompts the job would build (about 4
+label store, and prices only the misses (with votes, llm.annotate.samples or a panel, every pair is samples x
+judges calls less the votes the store holds, each judge at its own price). Prompt tokens come from the prompts the job would build (about 4
 characters a token); a reply's length is `expected_output_tokens` of the stage, else the mean of that model's
 replies in the label store, else a default. A guideline not yet written is assumed to be as long as a
 guideline reply. Cached tokens: all products of a query share the prompt prefix (instructions, query,
@@ -17,11 +18,11 @@ from typing import Any
 import pyarrow as pa
 
 from rae_ray.config import RunConfig
-from rae_ray.labelstore.keys import add_label_keys
 from rae_ray.llm.protocol import prompt_tokens
 from rae_ray.llm.prompts import annotation_messages, annotation_prompt_version, guideline_messages
 from rae_ray.manifest import stage_cost
 from rae_ray.stages.annotate import product_for_prompt
+from rae_ray.stages.votes import explode_votes
 
 DEFAULT_OUTPUT_TOKENS = {"guidelines": 300, "captions": 120, "annotate": 80}
 
@@ -88,8 +89,13 @@ def _output_tokens(job, stage: str, kind: str) -> tuple[int, str]:
     return DEFAULT_OUTPUT_TOKENS[stage], "default"
 
 
-def _price(config: RunConfig, stage: str, estimate: StageEstimate) -> float | None:
-    """What the run's manifest will charge for these tokens (the same price rule, `manifest.stage_cost`)."""
+def _price(config: RunConfig, stage: str, estimate: StageEstimate, model: str | None = None) -> float | None:
+    """What the run's manifest will charge for these tokens (the same price rule, `manifest.stage_cost`);
+    `model`: a judge panel's member, at its own price."""
+    if model is not None:
+        price = config.pricing.get(model)
+        return None if price is None else price.cost(estimate.prompt_tokens, estimate.cached_tokens,
+                                                     estimate.completion_tokens, batch=config.llm.annotate.batch)
     return stage_cost(config, stage, {"prompt_tokens": estimate.prompt_tokens, "cached_tokens": estimate.cached_tokens,
                                       "completion_tokens": estimate.completion_tokens})
 
@@ -147,16 +153,40 @@ def estimate(config: RunConfig) -> Estimate:
 
     annotate = config.llm.annotate
     examples = choose_examples(job, pairs)  # people's examples change the prompt and the label key
+    prompt_versions = {"prompt_version": annotation_prompt_version(config.llm.guidelines.enabled),
+                       "examples_prompt_version": annotation_prompt_version(config.llm.guidelines.enabled, examples=True)}
     keyed = attach_examples(job, judgeable, examples).map_batches(add_label_keys, batch_format="pyarrow", fn_kwargs={
-        "model": annotate.model, "prompt_version": annotation_prompt_version(config.llm.guidelines.enabled),
-        "examples_prompt_version": annotation_prompt_version(config.llm.guidelines.enabled, examples=True),
-        "scale": scale, "image_mode": "text"})
+        "model": annotate.model, **prompt_versions, "scale": scale, "image_mode": "text"})
     _, keyed = by_people(job, keyed)  # pairs people graded in review: no call
+    # Every vote (judge x sample) of a pair is a call unless the store holds it (`stages.votes`).
+    votes = keyed.map_batches(explode_votes, batch_format="pyarrow", fn_kwargs={
+        "models": [model for model, _ in annotate.judges], "samples": annotate.samples, **prompt_versions,
+        "scale": scale, "image_mode": "text"})
     output, source = _output_tokens(job, "annotate", "labels")
-    missing, hits = misses_of(keyed, LABEL_SPEC)
+    missing, hits = misses_of(votes, LABEL_SPEC)
+    stage = StageEstimate(cache_hits=hits, output_tokens_source=source)
+    by_judge = {}
+    for index, (model, _) in enumerate(annotate.judges):
+        mine = missing if len(annotate.judges) == 1 else missing.filter(expr=col("vote_judge") == index)
+        by_judge[model] = _judge_tokens(job, mine, scale, guideline_chars, output)
+        for name in ("calls", "prompt_tokens", "cached_tokens", "completion_tokens"):
+            setattr(stage, name, getattr(stage, name) + getattr(by_judge[model], name))
+    if len(by_judge) == 1:
+        stage.cost_usd = _price(config, "annotate", stage)
+    else:  # a panel: each judge at its own price
+        costs = [_price(config, "annotate", judge, model) for model, judge in by_judge.items()]
+        stage.cost_usd = None if any(c is None for c in costs) else sum(costs)
+    result.stages["annotate"] = stage
+    return result
+
+
+def _judge_tokens(job, missing, scale: list[dict], guideline_chars: int | None, output: int) -> StageEstimate:
+    """Calls and tokens of one judge's votes not in the store; a query's first call pays its prefix in full."""
+    from ray.data.aggregate import Count, Max, Sum
+
     tokens = missing.map_batches(annotation_prompt_tokens, batch_format="pyarrow",
                                  fn_kwargs={"scale": scale, "guideline_chars": guideline_chars}).materialize()
-    stage = StageEstimate(cache_hits=hits, output_tokens_source=source)
+    stage = StageEstimate()
     sums = tokens.aggregate(Count(), Sum("prompt_tokens"), Sum("prefix_tokens"))
     stage.calls = int(sums["count()"] or 0)
     stage.prompt_tokens = int(sums["sum(prompt_tokens)"] or 0)
@@ -165,9 +195,7 @@ def estimate(config: RunConfig) -> Estimate:
             Max("prefix_tokens", alias_name="prefix")).sum("prefix")
         stage.cached_tokens = int(sums["sum(prefix_tokens)"] or 0) - int(first_per_query or 0)
     stage.completion_tokens = stage.calls * output
-    stage.cost_usd = _price(config, "annotate", stage)
-    result.stages["annotate"] = stage
-    return result
+    return stage
 
 
 def format_estimate(result: Estimate) -> str:

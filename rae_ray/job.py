@@ -55,6 +55,7 @@ class Steps:
     error_counts: dict[str, int]
     evaluation: Any
     stage_usage: dict[str, dict[str, Any]]
+    confidence: dict[str, Any] | None = None  # the manifest's section, with votes (llm.annotate.samples, panel)
 
 
 def timed(seconds: dict[str, float], name: str, started: float) -> float:
@@ -107,7 +108,8 @@ def _steps(job: Job, inputs: Inputs, stage_configs: dict[str, LLMStageConfig], s
 
     t = time.monotonic()
     examples = choose_examples(job, pairs)  # None without llm.annotate.examples
-    labels, step_counts = write_labels(job, pairs, guidelines, images, stage_configs["annotate"], examples)
+    labels, step_counts, votes, confidence = write_labels(job, pairs, guidelines, images,
+                                                           stage_configs["annotate"], examples)
     counts.update(step_counts)
     progress(f"annotate: {counts['pairs_unique']} pairs in {timed(seconds, 'annotate', t):.1f}s")
 
@@ -117,11 +119,14 @@ def _steps(job: Job, inputs: Inputs, stage_configs: dict[str, LLMStageConfig], s
     evaluation = evaluate(job, inputs, log, pairs, labels, held_out=examples.pairs if examples else None)
     timed(seconds, "metrics", t)
 
-    stage_usage = {"guidelines": usage_totals(guidelines), "annotate": usage_totals(labels)}
+    # Annotation is counted by vote (a pair judged 3 times is 3 calls, or 3 store hits); a panel is priced by judge.
+    stage_usage = {"guidelines": usage_totals(guidelines), "annotate": usage_totals(votes)}
+    if confidence is not None:
+        stage_usage["annotate"]["by_model"] = confidence["judges"]
     if images.captioned is not None:
         stage_usage["captions"] = usage_totals(images.captioned)
     return Steps(images=images, labels=labels, counts=counts, error_counts=error_counts, evaluation=evaluation,
-                 stage_usage=stage_usage)
+                 stage_usage=stage_usage, confidence=confidence)
 
 
 def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
@@ -180,7 +185,8 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
         extra={**image_counts(done.images, done.labels),
                # llm_calls and tokens count the last attempt; the calls of failed attempts are in the store.
                "attempts": 1 + len(attempts_failed), "attempts_failed": attempts_failed,
-               "ideal": done.evaluation.ideal},
+               "ideal": done.evaluation.ideal,
+               **({"confidence": done.confidence} if done.confidence is not None else {})},
     )
     job.storage.write_json(job.layout.manifest, manifest)
     write_report(done.evaluation, manifest, job.storage, job.layout)

@@ -37,7 +37,11 @@ def usage_totals(ds) -> dict[str, int | float]:
 
 
 def stage_cost(config: RunConfig, stage: str, usage: dict[str, Any]) -> float | None:
-    """USD from the price table; None when the stage's model has no price."""
+    """USD from the price table; None when the stage's model has no price. A judge panel's usage carries its
+    judges' own costs (`by_model`, each None when that model has no price)."""
+    if usage.get("by_model"):
+        costs = [judge["cost_usd"] for judge in usage["by_model"].values()]
+        return None if any(c is None for c in costs) else sum(costs)
     price = config.pricing.get(getattr(config.llm, stage).model)
     if price is None:
         return None

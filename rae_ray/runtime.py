@@ -161,6 +161,9 @@ def start_budget(config: RunConfig, run_id: str):
     for stage in llm_stages(config):
         endpoint, model = config.llm.endpoint_for(stage), getattr(config.llm, stage).model
         limits[f"{endpoint.base_url}|{model}"] = {"rpm": endpoint.rpm, "tpm": endpoint.tpm}
+    for model, name in config.llm.annotate.judges[1:]:  # a judge panel's other models
+        endpoint = config.llm.endpoints[name]
+        limits[f"{endpoint.base_url}|{model}"] = {"rpm": endpoint.rpm, "tpm": endpoint.tpm}
     name = f"rae-ray-budget-{run_id}-{uuid.uuid4().hex[:8]}"
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

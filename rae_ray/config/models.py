@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from rae_ray.config.examples import ExamplesConfig
+from rae_ray.config.confidence import VoteSettings
 
 
 class ConfigError(ValueError):
@@ -218,8 +219,9 @@ class StageModelConfig(_Model):
         return self
 
 
-class AnnotateModelConfig(StageModelConfig):
-    """The judge's model; it alone may go through a Batch API (the other stages feed it and are small)."""
+class AnnotateModelConfig(StageModelConfig, VoteSettings):
+    """The judge's model; it alone may go through a Batch API (the other stages feed it and are small), and it
+    alone may vote (samples, panel: `config.confidence`)."""
 
     batch: bool = Field(
         default=False,
@@ -260,6 +262,9 @@ class LLMConfig(_Model):
             name = getattr(self, stage).endpoint
             if name not in self.endpoints:
                 raise ValueError(f"llm.{stage}.endpoint '{name}' is not in llm.endpoints ({sorted(self.endpoints)})")
+        for model, name in self.annotate.judges[1:]:
+            if name not in self.endpoints:
+                raise ValueError(f"llm.annotate.panel: {model}'s endpoint '{name}' is not in llm.endpoints")
         return self
 
     def endpoint_for(self, stage: str) -> EndpointConfig:

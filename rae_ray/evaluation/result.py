@@ -132,8 +132,11 @@ def evaluate(
     failed = conform_labels(source.failed_labels(review_limit))
     evidence = finding_evidence(ranked, worst_keys, regression_keys, k)
     finding_labels = labels.join(evidence, on=["query", "product_id"], how="semi")
+    # Labels whose votes disagreed (sources with votes; `least_confident` is optional in a source).
+    uncertain = getattr(source, "least_confident", None)
     queue = review_queue(agreement=tables, failed=failed, finding_labels=finding_labels, grades=grades,
-                         limit=review_limit, scale=scale)
+                         limit=review_limit, scale=scale,
+                         uncertain=conform_labels(uncertain(review_limit)) if uncertain else None)
     return EvaluationResult(
         k=k, config=config, rankers=by_ranker, queries=query_metrics, comparisons=comparisons, segments=by_segment,
         worst_queries=worst, regressions=regressed, review_queue=queue, agreement=tables,

@@ -7,6 +7,11 @@ Priority (lower first; a pair appears once, under its first reason):
     4 boundary           the judge gave a middle grade (neither the lowest nor the top one, e.g. "acceptable
                          substitute": where judges and people disagree most) to a product that a reported finding
                          rests on: the top k of a worst query or of a regression
+    5 low_confidence     the judge's votes disagreed (llm.annotate.samples or panel: confidence below 1)
+
+With votes, labels of confidence below 1 come first, least confident first, whatever their reason; the others
+follow in priority order. `confidence` and `votes` ("model#sample=grade ...") are null without votes.
+
 Pairs a person already graded (label source "human") are not queued again.
 
 People fill `human_grade` (and optionally `note`, `reviewer`, `reviewed_at`); `rae-ray review import` reads the
@@ -30,14 +35,17 @@ REVIEW_SCHEMA = {
     "product_hash": pl.String, "title": pl.String, "judge_grade": pl.Int64, "judge_label": pl.String,
     "reasoning": pl.String, "error": pl.String, "known_human_grade": pl.Int64, "scale": pl.String,
     "human_grade": pl.Int64, "note": pl.String, "reviewer": pl.String, "reviewed_at": pl.String,
+    "confidence": pl.Float64, "votes": pl.String,
 }  # fmt: skip
-REVIEW_REASONS = {"hard_disagreement": 1, "disagreement": 2, "stage_error": 3, "boundary": 4}
+REVIEW_REASONS = {"hard_disagreement": 1, "disagreement": 2, "stage_error": 3, "boundary": 4, "low_confidence": 5}
+VOTE_COLUMNS = ("confidence", "votes")
 
 
 def _disagreements(agreement: AgreementTables) -> pl.DataFrame:
     """Pairs where judge and human differ by a grade or more, with how many individual raters differ too."""
     matched = agreement.matched
-    raters = [c for c in matched.columns if c not in (*LABEL_SCHEMA, *OPTIONAL_LABEL_COLUMNS, "judge_grade", "human_grade")]
+    raters = [c for c in matched.columns
+              if c not in (*LABEL_SCHEMA, *OPTIONAL_LABEL_COLUMNS, "judge_grade", "human_grade", *VOTE_COLUMNS)]
     disagreeing_raters = pl.sum_horizontal(
         [(pl.col(c).is_not_null() & (pl.col(c) != pl.col("judge_grade"))).cast(pl.Int64) for c in raters]
     ) if raters else pl.lit(0)
@@ -65,6 +73,7 @@ def review_queue(
     grades: Sequence[int] = (0, 1, 2),
     limit: int = 2000,
     scale: str | None = None,
+    uncertain: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Pairs for human review, most doubtful first (see the module docstring for the priority); REVIEW_SCHEMA.
 
@@ -88,10 +97,15 @@ def review_queue(
             .filter(pl.col("judge_grade").is_in(middle))
             .with_columns(pl.lit("boundary").alias("review_reason"), pl.lit(0).alias("_distance"), pl.lit(0).alias("_raters"))
         )
+    if uncertain is not None and uncertain.height:
+        parts.append(conform_labels(uncertain).rename({"grade": "judge_grade"}).with_columns(
+            pl.lit("low_confidence").alias("review_reason"), pl.lit(0).alias("_distance"), pl.lit(0).alias("_raters"),
+        ))
     if not parts:
         return pl.DataFrame(schema=REVIEW_SCHEMA)
     common = ["query", "product_id", "judge_grade", "label", "reasoning", "error", "review_reason", "_distance", "_raters"]
-    optional = {"title": pl.String, "product_hash": pl.String, "known_human_grade": pl.Int64}
+    optional = {"title": pl.String, "product_hash": pl.String, "known_human_grade": pl.Int64,
+                "confidence": pl.Float64, "votes": pl.String}
     frames = [
         p.select(
             *[pl.col(c) for c in common],
@@ -101,8 +115,11 @@ def review_queue(
     ]
     queue = (
         pl.concat(frames, how="vertical_relaxed")
-        .with_columns(pl.col("review_reason").replace_strict(REVIEW_REASONS, return_dtype=pl.Int64).alias("priority"))
-        .sort(["priority", "_distance", "_raters", "query", "product_id"], descending=[False, True, True, False, False])
+        .with_columns(pl.col("review_reason").replace_strict(REVIEW_REASONS, return_dtype=pl.Int64).alias("priority"),
+                      # Votes that disagreed first, least confident first; every other label ranks as confident.
+                      pl.when(pl.col("confidence") < 1).then(pl.col("confidence")).otherwise(1.0).alias("_doubt"))
+        .sort(["_doubt", "priority", "_distance", "_raters", "query", "product_id"],
+              descending=[False, False, True, True, False, False])
         .unique(subset=["query", "product_id"], keep="first", maintain_order=True)
         .head(limit)
     )

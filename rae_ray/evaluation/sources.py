@@ -24,6 +24,8 @@ __all__ = [
     "conform",
     "conform_labels",
     "empty_labels",
+    "least_confident",
+    "votes_as_text",
 ]
 
 RUN_SCHEMA = {"ranker": pl.String, "query": pl.String, "rank": pl.Int64, "product_id": pl.String}
@@ -35,9 +37,11 @@ LABEL_SCHEMA = {
     "reasoning": pl.String,
     "error": pl.String,
 }
-# Carried through when the source has them: the product's title and content hash (the review queue shows them), and
-# `source` (llm, or human: a person's grade from review import, left out of judge-vs-human agreement).
-OPTIONAL_LABEL_COLUMNS = {"title": pl.String, "product_hash": pl.String, "source": pl.String}
+# Carried through when the source has them: the product's title and content hash (the review queue shows them),
+# `source` (llm, or human: a person's grade from review import, left out of judge-vs-human agreement), and with
+# votes the label's confidence and its votes as text ("model#sample=grade ...", "failed" for a vote without a grade).
+OPTIONAL_LABEL_COLUMNS = {"title": pl.String, "product_hash": pl.String, "source": pl.String,
+                          "confidence": pl.Float64, "votes": pl.String}
 QRELS, RUN = "qrels", "run:"  # the file keys of `trec_chunks`: "qrels", or "run:" + a ranker's name
 
 
@@ -80,12 +84,30 @@ def conform(table: pl.DataFrame, schema: dict) -> pl.DataFrame:
 def conform_labels(labels: pl.DataFrame) -> pl.DataFrame:
     """LABEL_SCHEMA columns (missing optional ones as null) plus the OPTIONAL_LABEL_COLUMNS present, one row per pair."""
     require_columns(labels, "labels", ("query", "product_id", "grade"))
+    labels = votes_as_text(labels)
     columns = [
         (pl.col(name) if name in labels.columns else pl.lit(None)).cast(dtype).alias(name)
         for name, dtype in {**LABEL_SCHEMA, **OPTIONAL_LABEL_COLUMNS}.items()
         if name in LABEL_SCHEMA or name in labels.columns
     ]
     return labels.select(columns).unique(subset=["query", "product_id"], keep="first", maintain_order=True)
+
+
+def votes_as_text(labels: pl.DataFrame) -> pl.DataFrame:
+    """A `votes` column of labels/ (list of {model, sample, grade}) as text: "model#sample=grade ..."."""
+    if "votes" not in labels.columns or not isinstance(labels.schema["votes"], pl.List):
+        return labels
+    vote = pl.element().struct
+    text = pl.format("{}#{}={}", vote.field("model"), vote.field("sample"),
+                     vote.field("grade").cast(pl.String).fill_null("failed"))
+    return labels.with_columns(pl.col("votes").list.eval(text).list.join(" ").alias("votes"))
+
+
+def least_confident(labels: pl.DataFrame, limit: int) -> pl.DataFrame:
+    """The `limit` labels of lowest confidence below 1 (votes disagreed), least confident first."""
+    if "confidence" not in labels.columns:
+        return labels.head(0)
+    return labels.filter(pl.col("confidence") < 1).sort("confidence", maintain_order=True).head(limit)
 
 
 def empty_labels() -> pl.DataFrame:
@@ -122,6 +144,9 @@ class FrameSource:
 
     def failed_labels(self, limit: int) -> pl.DataFrame:
         return self.labels.filter(pl.col("error").is_not_null()).head(limit)
+
+    def least_confident(self, limit: int) -> pl.DataFrame:
+        return least_confident(self.labels, limit)
 
     def trec_chunks(self, rankers: Sequence[str], chunk: int = 10000) -> Iterator[tuple[str, str]]:
         queries = sorted(set(self.run["query"].to_list()))  # labels of queries no ranker answered are left out

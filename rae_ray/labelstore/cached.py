@@ -34,6 +34,8 @@ class StageSpec:
     # Stored columns the stage's input already has (what the key hashes): handed through to the output, and a
     # hit keeps its own (records stored before such a column existed lack it).
     carried: tuple[str, ...] = ()
+    # Output columns kept out of the store's shards (a vote's judge and sample: its key says both).
+    unstored_columns: tuple[str, ...] = ()
 
 
 GUIDELINE_SPEC = StageSpec(
@@ -130,12 +132,14 @@ class KeyedStage:
     """
 
     def __init__(self, stage_cls, key: str, output: list[str], config: LLMStageConfig,
-                 publish: dict[str, Any] | None = None, carried: tuple[str, ...] = ()):
+                 publish: dict[str, Any] | None = None, carried: tuple[str, ...] = (),
+                 unstored: tuple[str, ...] = ()):
         self.stage = stage_cls(config)
         self.key = key
         self.output = output
         self.publish = publish
         self.carried = carried
+        self.unstored = list(unstored)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         out = await self.stage(batch)
@@ -144,7 +148,7 @@ class KeyedStage:
                 out = out.append_column(name, batch.column(name))
         out = conform(out, self.output)
         if self.publish is not None:
-            await asyncio.to_thread(publish_shard, out, **self.publish)
+            await asyncio.to_thread(publish_shard, out.drop_columns(self.unstored), **self.publish)
         return out
 
 
@@ -173,6 +177,6 @@ def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, c
         publish = {"uri": store.folder(spec.store_kind), "storage": store.storage, "run_id": run_id,
                    "unstored_image_status": spec.unstored_image_status, "key": spec.key}
     new = actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
-                                         "config": stage_config, "publish": publish, "carried": spec.carried},
-                    compute)
+                                         "config": stage_config, "publish": publish, "carried": spec.carried,
+                                         "unstored": spec.unstored_columns}, compute)
     return compact((new if hits is None else hits.union(new)).materialize())

@@ -73,6 +73,7 @@ def human_labels(batch: pa.Table, schema: pa.Schema) -> pa.Table:
         "grade": batch.column(HUMAN_PREFIX + "grade"), "label": batch.column(HUMAN_PREFIX + "label"),
         "reasoning": batch.column(HUMAN_PREFIX + "note"), "cache_hit": pa.array([True] * n, pa.bool_()),
         "image_status": pa.array(["none"] * n, pa.string()),
+        "confidence": pa.nulls(n, pa.float64()),  # a person's decision, not a share of votes
     }
     columns = {}
     for field in schema:

@@ -73,6 +73,14 @@ def label_key(guideline_id: str | None, product_hash: str, model: str, prompt_ve
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+def vote_key(label_key: str, sample: int) -> str:
+    """The store key of one vote: sample 0 is the label's own key (a store from before votes still answers it),
+    sample i > 0 that key and i, hashed. The judge model is in `label_key` already."""
+    if sample == 0:
+        return label_key
+    return hashlib.sha256(json.dumps([label_key, "sample", sample]).encode()).hexdigest()[:32]
+
+
 def add_label_keys(batch: pa.Table, model: str, prompt_version: str, scale: list[dict], image_mode: str,
                    examples_prompt_version: str | None = None) -> pa.Table:
     """Add `label_key` to pairs that carry query, guideline_id and product_hash, and the image's caption or content id.

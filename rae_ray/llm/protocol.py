@@ -102,7 +102,7 @@ def request_body(messages: Sequence[Mapping[str, Any]], settings: StageModelConf
     """The chat-completions body of one structured call.
 
     A reasoning model gets `max_completion_tokens` (and `reasoning_effort` if set) and no temperature; any other
-    model `temperature` and `max_tokens`. Without json_schema support the schema goes into the system message.
+    model `temperature` and `max_tokens`; a vote's sample i > 0 adds `seed` i. Without json_schema support the schema goes into the system message.
     `length_limits`: the schema bounds free text and lists (`schemas.with_length_limits`).
     """
     if length_limits:
@@ -116,6 +116,9 @@ def request_body(messages: Sequence[Mapping[str, Any]], settings: StageModelConf
     else:
         body["temperature"] = settings.temperature
         body["max_tokens"] = limit
+    seed = getattr(settings, "seed", None)  # one vote's sample (`stages.votes.VoteModelConfig`)
+    if seed is not None:
+        body["seed"] = seed
     if json_schema:
         body["messages"] = list(messages)
         body["response_format"] = dict(response_format)

@@ -15,6 +15,7 @@ __all__ = [
     "RATER_AGREEMENT_SCHEMA",
     "agreement",
     "agreement_by_query",
+    "agreement_from_confusion",
     "hard_disagreements",
     "kendall_tau",
     "rater_agreement",
@@ -46,6 +47,21 @@ def _kappa(confusion: np.ndarray, weights: np.ndarray) -> float:
     return 1.0 - float(np.sum(weights * confusion)) / denominator
 
 
+def agreement_from_confusion(confusion: np.ndarray) -> dict[str, float]:
+    """exact, cohen_kappa and quadratic_weighted_kappa of a square confusion matrix of counts (grades in scale
+    order); NaN for all three when it holds no count."""
+    confusion = np.asarray(confusion)
+    size = confusion.shape[0]
+    if confusion.sum() == 0:
+        return {m: float("nan") for m in AGREEMENT_MEASURES}
+    positions = np.arange(size)
+    return {
+        "exact": float(np.trace(confusion)) / float(confusion.sum()),
+        "cohen_kappa": _kappa(confusion, 1.0 - np.eye(size)),
+        "quadratic_weighted_kappa": _kappa(confusion, ((positions[:, None] - positions[None, :]) / (size - 1)) ** 2),
+    }
+
+
 def agreement(a, b, grades: Sequence[int] = (0, 1, 2)) -> dict:
     """Agreement of grades `a` with reference grades `b` (same length, pairs where either is NaN are dropped).
 
@@ -72,13 +88,8 @@ def agreement(a, b, grades: Sequence[int] = (0, 1, 2)) -> dict:
     np.add.at(confusion, ([index[x] for x in a.tolist()], [index[x] for x in b.tolist()]), 1)
 
     n = int(confusion.sum())
-    positions = np.arange(size)
-    if n == 0:
-        exact = cohen = quadratic = float("nan")
-    else:
-        exact = float(np.trace(confusion)) / n
-        cohen = _kappa(confusion, 1.0 - np.eye(size))
-        quadratic = _kappa(confusion, ((positions[:, None] - positions[None, :]) / (size - 1)) ** 2)
+    measures = agreement_from_confusion(confusion)
+    exact, cohen, quadratic = (measures[m] for m in AGREEMENT_MEASURES)
     per_grade = {}
     for i, g in enumerate(grades):
         n_a, n_b, both = int(confusion[i].sum()), int(confusion[:, i].sum()), int(confusion[i, i])

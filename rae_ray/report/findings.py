@@ -40,6 +40,7 @@ REASON_TEXT = {
     "disagreement": "judge and human one grade apart (more dissenting raters first)",
     "stage_error": "the judge gave no grade (stage error)",
     "boundary": "middle grade on a product a finding rests on (worst queries, regressions)",
+    "low_confidence": "the judge's votes disagreed (confidence below 1; listed first, least confident first)",
 }
 
 

@@ -17,6 +17,7 @@ from rae_ray.evaluation import EvaluationResult
 from rae_ray.metrics.compare import ALPHA
 from rae_ray.metrics.evaluate import ranker_order
 from rae_ray.metrics.measures import MEASURES
+from rae_ray.report.confidence import confidence_view
 from rae_ray.report.findings import agreement_view, regressions_view, review_view, worst_view
 from rae_ray.report.charts import ci_bar, forest_chart
 from rae_ray.report.format import DASH, grade_names, interval, missing, num, p_text, pct, signed, when
@@ -281,6 +282,7 @@ def page_view(result: EvaluationResult, manifest: dict | None, context: dict | N
         "regressions": regressions_view(result, names),
         "agreement": agreement_view(result, names),
         "review": review_view(result),
+        "confidence": confidence_view(result.review_queue, manifest),
         "run": run_view(manifest, context),
         "files": sorted(result.files),
         "sample_data": _sample_data(manifest, context),

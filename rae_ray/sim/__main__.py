@@ -43,6 +43,7 @@ def build_parser(prog: str = "python -m rae_ray.sim") -> argparse.ArgumentParser
     parser.add_argument("--timeout-hold-s", type=float, help=doc("timeout_hold_s"))
     parser.add_argument("--retry-after-s", type=int, help=doc("retry_after_s"))
     parser.add_argument("--seed", type=int, help=doc("seed"))
+    parser.add_argument("--judge-noise", type=float, help=doc("judge_noise"))
     parser.add_argument("--vision", action=argparse.BooleanOptionalAction, help=doc("vision"))
     parser.add_argument("--context-tokens", type=int, help=doc("context_tokens"))
     parser.add_argument("--reasoning", action=argparse.BooleanOptionalAction, help=doc("reasoning"))

@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from rae_ray.sim.faults import BusyRoutes
+from rae_ray.sim.noise import with_noise
 from rae_ray.sim.protocol import ApiError, answer, completion_body, read_prompt, render, task_of
 from rae_ray.sim.refusals import check_modes
 
@@ -352,7 +353,8 @@ class BatchService:
                 self.counters["batch_injected_errors"] += 1
                 raise ApiError(500, "The server had an error while processing your request (injected, simulated).",
                                type_="server_error", code="server_error")
-            reply = answer(task, prompt.blocks, prompt.image_urls)
+            reply = with_noise(task, answer(task, prompt.blocks, prompt.image_urls), prompt.blocks, prompt.model,
+                               prompt.seed, server.config.judge_noise)
             cached = prompt.prefix_tokens if server.prefixes.seen_before(prompt.prefix_key) else 0
             if injected == "malformed":
                 self.counters["batch_injected_errors"] += 1

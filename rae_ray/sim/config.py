@@ -45,6 +45,11 @@ class SimConfig(BaseModel):
     timeout_hold_s: float = Field(60.0, ge=0, description="How long an injected timeout holds the request, seconds.")
     retry_after_s: int = Field(1, ge=1, description="Retry-After of injected 429s, seconds.")
     seed: int = Field(0, description="Seed of the error and latency random generators.")
+    judge_noise: float = Field(
+        0.0, ge=0, le=0.5, description="Per-sample noise of the judge: about this share of judgements moved one grade, "
+        "more often near a grade boundary (hard pairs) and never at a score band's middle; drawn from the request's "
+        "content and `seed`, so each sample of a pair (seed i) is drawn anew (`sim.noise`).",
+    )
     api_key: SecretStr | None = Field(
         None, description=f"If set, requests need 'Authorization: Bearer <key>' (CLI: --api-key or ${API_KEY_ENV})."
     )

@@ -58,6 +58,7 @@ class Prompt:
     prefix_key: bytes
     prefix_tokens: int
     max_tokens: int | None
+    seed: Any = None  # the request's `seed` (a vote's sample), part of what the judge's noise is drawn from
 
 
 def read_prompt(body: Any) -> Prompt:
@@ -121,6 +122,7 @@ def read_prompt(body: Any) -> Prompt:
         prefix_key=prefix_key,
         prefix_tokens=estimate_tokens(len(system) + len(prefix)),
         max_tokens=int(max_tokens) if isinstance(max_tokens, (int, float)) and max_tokens > 0 else None,
+        seed=body.get("seed"),
     )
 
 

@@ -26,6 +26,7 @@ from aiohttp import web
 from rae_ray.sim.batches import register_batch_routes
 from rae_ray.sim.config import ERROR_KINDS, SimConfig
 from rae_ray.sim.faults import FaultInjector, reset_midway, retry_headers
+from rae_ray.sim.noise import with_noise
 from rae_ray.sim.protocol import (
     NO_SCHEMA, SYSTEM_FINGERPRINT, ApiError, Prompt, answer, completion_body, read_prompt, render, task_of,
 )
@@ -276,7 +277,8 @@ class SimServer:
             wait = float(self.config.retry_after_s)
             raise ApiError(429, f"Rate limit reached (injected, simulated). Please try again in {wait:.0f}s.",
                            type_="requests", code="rate_limit_exceeded", headers=retry_headers(wait))
-        reply = answer(task, prompt.blocks, prompt.image_urls)
+        reply = with_noise(task, answer(task, prompt.blocks, prompt.image_urls), prompt.blocks, prompt.model,
+                           prompt.seed, self.config.judge_noise)
         cached = prompt.prefix_tokens if self.prefixes.seen_before(prompt.prefix_key) else 0
         if injected == "malformed":
             stats.injected_errors["malformed"] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -14,12 +15,14 @@ from rae_ray.llm.prompts import annotation_messages, annotation_prompt_version
 from rae_ray.llm.protocol import IMAGE_UNSUPPORTED
 from rae_ray.llm.schemas import JUDGEMENT_SCHEMA_NAME, RelevanceJudgement, judgement_format
 from rae_ray.stages.common import LLMStageConfig, gather_calls, make_client, missing_columns, usage_columns
+from rae_ray.stages.votes import vote_model
 
 # Longer product text is cut before it reaches a prompt (a 1 MB title must not become a 1 MB request).
 MAX_FIELD_CHARS = {"title": 500, "brand": 200, "category": 300, "description": 2000, "attributes": 2000}
 
 # Input columns handed through unchanged (the label store's key).
 PASSTHROUGH = ("label_key",)
+VOTE_PASSTHROUGH = ("pair_key", "vote_judge", "vote_sample")
 
 LABEL_COLUMNS = [
     "query", "product_id", "product_hash", "grade", "label", "reasoning", "model", "prompt_version",
@@ -74,6 +77,13 @@ class AnnotateStage:
         self.names = {g["grade"]: g["name"] for g in config.scale}
         self.response_format = judgement_format(config.scale)
         self.no_vision: str | None = None  # the endpoint's refusal, once it said its model takes no images
+        self.sample_models: dict[int, object] = {}
+
+    def _model_for(self, sample: int):
+        """The judge's settings for a vote's sample (sample i > 0: seed i), made once per sample."""
+        if sample not in self.sample_models:
+            self.sample_models[sample] = vote_model(self.config.model, sample)
+        return self.sample_models[sample]
 
     def _stop_sending_images(self, error: str) -> None:
         if self.no_vision is None:
@@ -112,21 +122,31 @@ class AnnotateStage:
 
     async def _judge(self, rows: list[dict], messages: list[list[dict] | None]) -> list[CallResult | None]:
         """One result per row (None where there is nothing to send): online calls gathered under the client's
-        semaphore, or, in batch mode, one provider batch for the lot."""
-        model = self.config.model
-        if not getattr(model, "batch", False):  # AnnotateModelConfig.batch
+        semaphore, or, in batch mode, one provider batch per sample (a vote's sample i > 0 carries seed i)."""
+        # A vote's sample i > 0 is sent with seed i (`stages.votes`); rows without vote_sample are sample 0.
+        samples = [row.get("vote_sample") or 0 for row in rows]
+        if not getattr(self.config.model, "batch", False):  # AnnotateModelConfig.batch
             return await gather_calls([
                 None if m is None else self.client.structured(
-                    m, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, model, check=self._check,
-                    response_format=self.response_format)
-                for m in messages])
-        return await self._judge_in_batch(rows, messages)
+                    m, RelevanceJudgement, JUDGEMENT_SCHEMA_NAME, self._model_for(s),
+                    check=self._check, response_format=self.response_format)
+                for m, s in zip(messages, samples)])
+        results: list[CallResult | None] = [None] * len(rows)
+        groups = {s: [i for i, x in enumerate(samples) if x == s] for s in sorted(set(samples))}
+        answers = await asyncio.gather(*(
+            self._judge_in_batch([rows[i] for i in rows_of], [messages[i] for i in rows_of],
+                                 self._model_for(s))
+            for s, rows_of in groups.items()))
+        for rows_of, answer in zip(groups.values(), answers):
+            for i, result in zip(rows_of, answer):
+                results[i] = result
+        return results
 
-    async def _judge_in_batch(self, rows: list[dict], messages: list[list[dict] | None]) -> list[CallResult | None]:
+    async def _judge_in_batch(self, rows: list[dict], messages: list[list[dict] | None],
+                              model) -> list[CallResult | None]:
         from rae_ray.io import Storage, join_uri
         from rae_ray.llm.batch import BatchRequest, BatchRunner
 
-        model = self.config.model
         ids = [_custom_id(row, m) if m is not None else None for row, m in zip(rows, messages)]
         requests = [BatchRequest(i, m) for i, m in zip(ids, messages) if m is not None]
         if not requests:
@@ -204,6 +224,8 @@ class AnnotateStage:
                 "cache_hit": pa.array([False] * n, pa.bool_()),
                 "error": pa.array(errors, pa.string()),
                 **usage_columns(results),
+                # A vote's judge and sample (`stages.votes`), handed through.
+                **{c: batch.column(c) for c in VOTE_PASSTHROUGH if c in batch.column_names},
             }
         )
 

@@ -69,7 +69,8 @@ class RayEvaluationSource:
     def __init__(self, selected, labels, pairs, parts: int = 1):
         self.parts = parts
         self.run = selected.select_columns(list(RUN_SCHEMA))
-        carried = [c for c in ("product_hash", "source") if c in labels.columns()]
+        # With votes also the label's confidence and its votes (the review queue lists the least confident first).
+        carried = [c for c in ("product_hash", "source", "confidence", "votes") if c in labels.columns()]
         self.labels = labels.select_columns([*LABEL_SCHEMA, *carried])
         self.titles = pairs.select_columns(["query", "product_id", "title"]) if "title" in pairs.columns() else None
 
@@ -101,6 +102,18 @@ class RayEvaluationSource:
         from ray.data.expressions import col
 
         return to_polars(self.labels.filter(expr=col("error").is_not_null()).limit(limit), schema=LABEL_SCHEMA)
+
+    def least_confident(self, limit: int) -> pl.DataFrame:
+        """The `limit` labels of lowest confidence below 1, least confident first (none without votes)."""
+        from ray.data.expressions import col
+
+        if "confidence" not in self.labels.columns():
+            return pl.DataFrame(schema=LABEL_SCHEMA)
+        low = to_polars(self.labels.filter(expr=col("confidence") < 1.0).sort("confidence").limit(limit),
+                        schema=LABEL_SCHEMA)
+        if low.is_empty():
+            return low
+        return self._with_titles(low, low["query"].unique().to_list()).sort("confidence", maintain_order=True)
 
     def trec_chunks(self, rankers: list[str]):
         """The lines are made on Ray, a block at a time (a run's lines per query, so rankings stay whole); the

@@ -47,10 +47,10 @@ def preflight(config: RunConfig) -> None:
 
     async def check() -> None:
         seen = set()
-        for stage in ("guidelines", "annotate", "captions"):
-            if getattr(config.llm, stage) is None:
-                continue
-            endpoint = config.llm.endpoint_for(stage)
+        endpoints = [config.llm.endpoint_for(stage) for stage in ("guidelines", "annotate", "captions")
+                     if getattr(config.llm, stage) is not None]
+        endpoints += [config.llm.endpoints[name] for _, name in config.llm.annotate.judges[1:]]  # a judge panel
+        for endpoint in endpoints:
             if endpoint.base_url in seen:
                 continue
             seen.add(endpoint.base_url)
