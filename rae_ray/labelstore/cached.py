@@ -5,6 +5,7 @@ finished batch to the store as it completes (so a killed run resumes from there)
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,8 @@ import pyarrow as pa
 
 from rae_ray.config import StageComputeConfig
 from rae_ray.labelstore.store import LabelStore, publish_shard
-from rae_ray.runtime import actor_map, compact, progress, with_schema
+from rae_ray.profiling import ActorProfile
+from rae_ray.runtime import actor_map, merged, progress, with_schema
 from rae_ray.stages.annotate import IMAGE_REJECTED, NO_IMAGE, NO_VISION
 from rae_ray.stages.captions import CAPTION_COLUMNS
 from rae_ray.stages.common import USAGE_COLUMNS, LLMStageConfig
@@ -127,15 +129,26 @@ class KeyedStage:
         self.key = key
         self.output = output
         self.publish = publish
+        self.profile = ActorProfile.start(stage_cls.__name__)  # RAE_RAY_PROFILE_DIR set: where the CPU goes
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.profile is not None:
+            self.profile.enter()
         out = await self.stage(batch)
         if self.key in batch.column_names and self.key not in out.column_names:
             out = out.append_column(self.key, batch.column(self.key))
         out = conform(out, self.output)
         if self.publish is not None:
-            await asyncio.to_thread(publish_shard, out, **self.publish)
+            await asyncio.to_thread(self._publish, out)
+        if self.profile is not None:
+            self.profile.batch_done(out.num_rows)
         return out
+
+    def _publish(self, out: pa.Table) -> None:
+        started = time.thread_time()
+        publish_shard(out, **self.publish)
+        if self.profile is not None:
+            self.profile.add_thread_cpu(time.thread_time() - started)
 
 
 def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, compute: StageComputeConfig, *,
@@ -164,4 +177,4 @@ def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, c
                    "unstored_image_status": spec.unstored_image_status}
     new = actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
                                          "config": stage_config, "publish": publish}, compute)
-    return compact((new if hits is None else hits.union(new)).materialize())
+    return merged(new if hits is None else hits.union(new)).materialize()
