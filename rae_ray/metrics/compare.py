@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from rae_ray.metrics.evaluate import bootstrap_intervals, make_rng, require_columns
+from rae_ray.metrics.evaluate import _contiguous_groups, bootstrap_intervals, make_rng, require_columns
 
 __all__ = [
     "ALPHA",
@@ -180,19 +180,17 @@ def compare_rankers(
     # Queries as their rank in byte order (UTF-8 byte order is code-point order, as Python sorts strings): the
     # pairs' common queries are found on integers, and a query's text is looked up once per set of queries.
     names = query_metrics["query"].unique().sort()
-    coded = query_metrics.with_columns(
-        pl.col("query").replace_strict(names, pl.int_range(names.len(), eager=True), return_dtype=pl.Int64))
-    groups = (
-        coded.sort("metric", "k", "ranker", "query")
-        .group_by("metric", "k", "ranker", maintain_order=True)
-        .agg(pl.col("query"), pl.col("value"))
-    )
+    coded = query_metrics.select(
+        "metric", "k", "ranker",
+        pl.col("query").replace_strict(names, pl.int_range(names.len(), eager=True), return_dtype=pl.Int64),
+        pl.col("value").cast(pl.Float64),
+    ).sort("metric", "k", "ranker", "query")
+    keys, offsets = _contiguous_groups(coded.select("metric", "k", "ranker"), ["metric", "k", "ranker"])
+    all_queries, all_values = coded["query"].to_numpy(), coded["value"].to_numpy()
+    del coded
     scores: dict[tuple[str, int], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for metric, k, ranker, queries, values in groups.iter_rows():
-        scores.setdefault((metric, int(k)), {})[ranker] = (
-            np.asarray(queries, dtype=np.int64),
-            np.asarray(values, dtype=np.float64),
-        )
+    for (metric, k, ranker), start, end in zip(keys.iter_rows(), offsets[:-1], offsets[1:]):
+        scores.setdefault((metric, int(k)), {})[ranker] = (all_queries[start:end], all_values[start:end])
 
     # Rows of one ranker pair over the same queries form one (queries x rows) matrix of differences, tested at once.
     blocks: dict[tuple[str, str, bytes], dict] = {}
