@@ -160,7 +160,7 @@ def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, c
     ds = ds.materialize()
     if ds.count() == 0:
         return with_schema(ds, output_schema(spec))
-    if store is None:
+    if store is None or not store.shards(spec.store_kind):  # nothing stored yet: every row is a miss, no lookup pass
         misses = ds
         hits = None
     else:
