@@ -16,14 +16,32 @@ from rae_ray.runtime import Job, to_polars
 from rae_ray.steps.retrieve import Inputs, LogRows
 
 
+# One query's ranked lists and labels travel together as rows of this layout: a ranked row has its rank and no
+# grade; a label row (one per judged pair) has no ranker and no rank.
+_GRADED = pa.schema([("ranker", pa.string()), ("query", pa.string()), ("rank", pa.int64()),
+                     ("product_id", pa.string()), ("grade", pa.int16())])
+
+
+def _as_graded(batch: pa.Table) -> pa.Table:
+    """Ranked rows (ranker, query, rank, product_id) or label rows (query, product_id, grade) in `_GRADED`."""
+    n = batch.num_rows
+    columns = [batch.column(f.name).cast(f.type) if f.name in batch.column_names else pa.nulls(n, f.type)
+               for f in _GRADED]
+    return pa.Table.from_arrays(columns, schema=_GRADED)
+
+
 def per_query_metrics(group: pa.Table, ks: list[int], top_grade: int) -> pa.Table:
-    """One query's ranked lists with their grades -> that query's metric rows.
+    """One query's ranked rows and label rows (`_GRADED`) -> that query's metric rows.
 
     The ideal pool of nDCG is every product of the query judged in this run (the union of the rankers' top k).
     """
     frame = pl.from_arrow(group)
-    run = frame.select("ranker", "query", "rank", "product_id")
-    labels = frame.select("query", "product_id", "grade").unique(subset=["query", "product_id"])
+    ranked = frame.filter(pl.col("rank").is_not_null())
+    run = ranked.select("ranker", "query", "rank", "product_id")
+    # One label per pair of the query's ranked lists (a pair without a label row counts as unlabelled).
+    labels = ranked.select("query", "product_id").unique().join(
+        frame.filter(pl.col("rank").is_null()).select("query", "product_id", "grade")
+        .unique(subset=["query", "product_id"]), on=["query", "product_id"], how="left")
     return query_metrics(run, labels, ks=ks, top_grade=top_grade).to_arrow()
 
 
@@ -106,10 +124,11 @@ def evaluate(job: Job, inputs: Inputs, log: LogRows, pairs, labels):
     from ray.data.expressions import col
 
     config = job.config
-    graded = log.selected.select_columns(["ranker", "query", "rank", "product_id"]).join(
-        labels.select_columns(["query", "product_id", "grade"]), join_type="left_outer", num_partitions=job.parts,
-        on=("query", "product_id"),
-    )
+    # Ranked rows and labels meet in the per-query groups (a sort shuffle: tasks), not in a hash join (whose
+    # aggregator actors are new worker processes, each some CPU-seconds to start).
+    graded = log.selected.select_columns(["ranker", "query", "rank", "product_id"]).map_batches(
+        _as_graded, batch_format="pyarrow").union(
+        labels.select_columns(["query", "product_id", "grade"]).map_batches(_as_graded, batch_format="pyarrow"))
     by_query = to_polars(
         graded.groupby("query", num_partitions=job.parts).map_groups(
             per_query_metrics, batch_format="pyarrow",
