@@ -51,4 +51,22 @@ class ActorProfile:
             self.profile.dump_stats(str(self.path) + ".prof")
             self.path.with_suffix(".json").write_text(json.dumps({
                 "batches": self.batches, "rows": self.rows, "process_cpu_s": time.process_time() - self.started_cpu,
-                "publish_thread_cpu_s": self.thread_cpu_s}))
+                "publish_thread_cpu_s": self.thread_cpu_s, "cpu_s_by_thread": thread_cpu()}))
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's threads so far, by name (Python's, else the OS's), from /proc."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            text = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        name = names.get(int(tid)) or "os:" + text[text.index("(") + 1:text.rindex(")")]
+        out[name] = round(out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks, 2)
+    return out
