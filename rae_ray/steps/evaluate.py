@@ -31,7 +31,7 @@ def _as_graded(batch: pa.Table) -> pa.Table:
 
 
 def per_query_metrics(group: pa.Table, ks: list[int], top_grade: int) -> pa.Table:
-    """One query's ranked rows and label rows (`_GRADED`) -> that query's metric rows.
+    """Whole queries' ranked rows and label rows (`_GRADED`) -> their metric rows.
 
     The ideal pool of nDCG is every product of the query judged in this run (the union of the rankers' top k).
     """
@@ -90,9 +90,9 @@ class RayEvaluationSource:
 
         qrels = self.labels.filter(expr=col("grade").is_not_null()).map_batches(
             _qrels_piece, batch_format="pyarrow", batch_size=None)
-        runs = self.run.groupby("query", num_partitions=self.parts).map_groups(
-            _run_pieces, batch_format="pyarrow", fn_kwargs={"rankers": list(rankers)},
-        ).map_batches(_join_pieces, batch_format="pyarrow", batch_size=None)
+        # Sorted by query, a block holds whole queries (what map_groups relies on): one piece per ranker per block.
+        runs = self.run.sort("query").map_batches(
+            _run_pieces, batch_format="pyarrow", batch_size=None, fn_kwargs={"rankers": list(rankers)})
         for pieces in (qrels, runs):
             for batch in pieces.iter_batches(batch_format="pyarrow", batch_size=None):
                 yield from zip(batch.column("file").to_pylist(), batch.column("text").to_pylist())
@@ -113,12 +113,6 @@ def _run_pieces(group: pa.Table, rankers: list[str]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=_PIECES)
 
 
-def _join_pieces(batch: pa.Table) -> pa.Table:
-    """One piece per file per block (map_groups makes one per query)."""
-    joined = pl.from_arrow(batch).group_by("file", maintain_order=True).agg(pl.col("text").str.join(""))
-    return joined.to_arrow().cast(_PIECES)
-
-
 def evaluate(job: Job, inputs: Inputs, log: LogRows, pairs, labels):
     """Per-query metrics on Ray; rankers, comparisons, segments, problems, agreement on the small per-query table."""
     from ray.data.expressions import col
@@ -129,13 +123,14 @@ def evaluate(job: Job, inputs: Inputs, log: LogRows, pairs, labels):
     graded = log.selected.select_columns(["ranker", "query", "rank", "product_id"]).map_batches(
         _as_graded, batch_format="pyarrow").union(
         labels.select_columns(["query", "product_id", "grade"]).map_batches(_as_graded, batch_format="pyarrow"))
+    # Sorted by query, a block holds whole queries (what map_groups relies on): one call per block, not per query.
     by_query = to_polars(
-        graded.groupby("query", num_partitions=job.parts).map_groups(
-            per_query_metrics, batch_format="pyarrow",
+        graded.sort("query").map_batches(
+            per_query_metrics, batch_format="pyarrow", batch_size=None,
             fn_kwargs={"ks": config.metrics.ks, "top_grade": config.scale.top_grade},
         ),
         schema=QUERY_METRICS_SCHEMA,
-    )
+    ).sort("query", maintain_order=True)
     segments = log.segments
     if "locale" in inputs.columns:
         locales = to_polars(log.checked.filter(expr=col("input_error").is_null()).groupby(
