@@ -137,7 +137,7 @@ def stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, bud
     if endpoint.max_in_flight is not None:  # the endpoint's cluster-wide limit, split over the stage's actors
         in_flight = max(1, min(in_flight, endpoint.max_in_flight // compute.max_actors))
     # Nothing to keep under (no rpm, tpm or cost limit): the actors never ask the budget actor (a Ray call per 8
-    # requests, and one per reply to report its tokens and cost, was a good part of the job's CPU per pair).
+    # requests, and one per reply to report its tokens and cost, was a tenth of the throughput benchmark's CPU).
     # Tokens and cost are reported only when a token or cost limit needs them.
     reports = endpoint.tpm is not None or config.max_cost_usd is not None
     return LLMStageConfig(
@@ -218,7 +218,7 @@ def merged(ds, rows: int = ROWS_PER_BLOCK):
     is materialized: an actor pool hands back one block per batch (hundreds of blocks of 16-128 rows).
 
     Merging on the way matters for the driver: Ray keeps a task's result under 100 KiB in the memory of its
-    owner, the driver, so a materialized dataset of small blocks held about 1 KB per pair there; merged blocks go
+    owner, the driver, so a materialized dataset of small blocks lived in the driver's memory; merged blocks go
     to the object store. (`map_batches` with a batch size bundles blocks of several tasks into one task; for
     rows of fetched images, whose data URLs make a block's bytes the bound, see `compact`.)"""
     return ds.map_batches(_as_is, batch_format="pyarrow", batch_size=rows)
