@@ -5,10 +5,11 @@ Starts the simulated endpoint (1,000 ms latency, at most 64 requests in flight),
 (b) the whole job (`rae_ray.job.run`) on a log generated from the bundled chorus sample (query variants and
     a synthetic ranker version that lists other catalog products; >= 10,000 unique pairs), guidelines included:
     all its LLM calls over the job's wall time from `run()` to the last labels file written, pairs/s, and
-    CPU-seconds per 1,000 pairs;
+    CPU-seconds per 1,000 pairs, also as a ratio of the bare loop's CPU per call (a);
 (c) the same job against an endpoint limited to 3,000 requests/minute (sliding 60 s window, 429 + Retry-After),
     with `rpm: 3000` in the job's config.
-Targets: (b)/(a) >= 0.9; (c) finishes at >= 90% of the allowed rate with <= 1% of calls answered 429.
+Targets: (b)/(a) >= 0.9; the job's CPU per pair <= 2x the bare loop's CPU per call; (c) finishes at >= 90% of
+the allowed rate with <= 1% of calls answered 429.
 Exits 1 unless they hold; figures are printed last (one JSON object, then a table).
 
 How the figures are taken:
@@ -16,7 +17,9 @@ How the figures are taken:
 - job wall time: from the call of `run()` to the mtime of the newest `OUT/labels/*.parquet` (labels written);
   Ray is started before the clock (a private local Ray, see `start_private_ray`; as on a cluster the job is
   submitted to), its start-up time printed apart with the ratio it would give if counted;
-- CPU: the driver's own `getrusage(RUSAGE_SELF)` (less the benchmark's sampling threads), plus every descendant process of the driver read from
+- CPU of the bare loop: this process's `getrusage(RUSAGE_SELF)` over its calls (the requests are built before;
+  the simulated endpoint is another process, not counted);
+- CPU of the job: the driver's own `getrusage(RUSAGE_SELF)` (less the benchmark's sampling threads), plus every descendant process of the driver read from
   /proc/<pid>/stat (utime + stime) every 0.25 s, split into Ray workers (process title `ray::...`: the stage
   actors, tasks, Ray Data's own actors), Ray's daemons (raylet, gcs, dashboard and runtime-env agents, log
   monitor) and the simulated endpoint (not ours, shown apart). An idle local Ray uses ~2 CPU-s a minute.
@@ -61,6 +64,7 @@ MAX_IN_FLIGHT = 64
 RPM = 3000
 MODEL = "sim-judge"
 RATIO_TARGET = 0.9
+CPU_RATIO_TARGET = 2.0  # the job's CPU per pair over the bare client's CPU per call
 RATE_TARGET = 0.9
 MAX_429_SHARE = 0.01
 # Query variants: each is a new query (its own guideline) over the same products as the original.
@@ -177,11 +181,31 @@ class CpuSampler(threading.Thread):
         self.last: dict[int, float] = {}
         self.by_kind: dict[str, float] = {"ray_workers": 0.0, "ray_system": 0.0, "sim": 0.0}
         self.by_name: dict[str, float] = {}
+        self.driver_threads: dict[str, float] = {}  # the driver's CPU by thread (Python name, else the OS's)
+        self._thread_last: dict[int, float] = {}
         self._halt = threading.Event()
         self._root = os.getpid()
         self._sample(initial=True)
 
+    def _sample_threads(self, initial: bool) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as handle:
+                    text = handle.read()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            cpu = (int(fields[11]) + int(fields[12])) / TICKS
+            used = cpu - self._thread_last.get(int(tid), cpu if initial else 0.0)
+            self._thread_last[int(tid)] = cpu
+            if used > 0:
+                name = names.get(int(tid)) or "os:" + text[text.index("(") + 1:text.rindex(")")]
+                name = name.rstrip("0123456789_-() ") or name  # ThreadPoolExecutor-3_0 -> ThreadPoolExecutor
+                self.driver_threads[name] = self.driver_threads.get(name, 0.0) + used
+
     def _sample(self, initial: bool = False) -> None:
+        self._sample_threads(initial)
         parents: dict[int, int] = {}
         cpu: dict[int, float] = {}
         for name in os.listdir("/proc"):
@@ -267,11 +291,12 @@ async def bare_loop(base_url: str, n_calls: int, concurrency: int) -> dict[str, 
             except Exception:  # counted, the figure needs every call
                 errors += 1
 
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), _driver_cpu()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    seconds = time.monotonic() - started
+    seconds, cpu = time.monotonic() - started, _driver_cpu() - cpu_before
     await client.close()
-    return {"calls": n_calls, "errors": errors, "seconds": round(seconds, 3), "calls_per_s": n_calls / seconds}
+    return {"calls": n_calls, "errors": errors, "seconds": round(seconds, 3), "calls_per_s": n_calls / seconds,
+            "cpu_s": round(cpu, 2), "cpu_s_per_1000_calls": 1000 * cpu / n_calls}
 
 
 # ---------------------------------------------------------------------------------------------- (b), (c) the job
@@ -396,6 +421,8 @@ def run_job(sim: SimProcess, data: dict[str, Any], out: Path, rpm: int | None) -
         "cpu_s": {"driver": round(driver, 2), **{k: round(v, 2) for k, v in cpu.items()}},
         "cpu_s_by_process": {k: round(v, 2) for k, v in sorted(cpu_sampler.by_name.items(), key=lambda kv: -kv[1])
                              if v >= 0.5},
+        "driver_cpu_s_by_thread": {k: round(v, 2) for k, v in sorted(cpu_sampler.driver_threads.items(),
+                                                                     key=lambda kv: -kv[1]) if v >= 0.5},
         "cpu_s_per_1000_pairs": 1000 * ours / pairs,
         "cpu_s_per_1000_pairs_with_ray_daemons": 1000 * (ours + cpu["ray_system"]) / pairs,
         "timeline": timeline(samples, started, labelled_at, manifest["llm_calls"].get("guidelines", 0)),
@@ -439,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
             figures["b_job"] = job
             print(f"[bench] (b) job: {job['calls_per_s']:.2f} calls/s", file=sys.stderr, flush=True)
         ratio = job["calls_per_s"] / bare["calls_per_s"]
+        cpu_ratio = job["cpu_s_per_1000_pairs"] / bare["cpu_s_per_1000_calls"]
+        figures["cpu_ratio_b_per_pair_over_a_per_call"] = cpu_ratio
+        if cpu_ratio > CPU_RATIO_TARGET:
+            failures.append(f"the job's CPU per pair is {cpu_ratio:.2f}x the bare loop's per call > {CPU_RATIO_TARGET}")
         figures["ratio_b_over_a"] = ratio
         figures["ratio_b_over_a_counting_ray_start"] = (
             job["llm_calls"] / (job["seconds_to_labels"] + figures["ray_start_s"]) / bare["calls_per_s"])
@@ -486,7 +517,8 @@ def summary(figures: dict[str, Any]) -> str:
     lines = [
         f"machine: {figures['machine']['cpus']} cpus, load (1/5/15 min) at start {figures['machine']['load_at_start']}, "
         f"at end {figures['machine']['load_at_end']}",
-        f"(a) bare AsyncOpenAI, 64 at a time:  {a.get('calls_per_s', 0):7.2f} calls/s  (load before {a.get('load_before')})",
+        f"(a) bare AsyncOpenAI, 64 at a time:  {a.get('calls_per_s', 0):7.2f} calls/s, "
+        f"{a.get('cpu_s_per_1000_calls', 0):.2f} CPU-s per 1,000 calls  (load before {a.get('load_before')})",
         f"(b) whole job, {b.get('pairs_unique')} pairs, {b.get('llm_calls')} calls: {b.get('calls_per_s', 0):7.2f} calls/s, "
         f"{b.get('pairs_per_s', 0):.2f} pairs/s, {b.get('seconds_to_labels')} s to labels (load before {b.get('load_before')})",
         f"    ratio (b)/(a) = {figures.get('ratio_b_over_a', 0):.3f} (target >= {RATIO_TARGET}); counting Ray's "
@@ -494,6 +526,8 @@ def summary(figures: dict[str, Any]) -> str:
         f"    timeline (s): {b.get('timeline')}",
         f"    CPU-s per 1,000 pairs (driver + Ray workers): {b.get('cpu_s_per_1000_pairs', 0):.2f}; with Ray daemons "
         f"{b.get('cpu_s_per_1000_pairs_with_ray_daemons', 0):.2f}; {b.get('cpu_s')}",
+        f"    CPU per pair / bare CPU per call = {figures.get('cpu_ratio_b_per_pair_over_a_per_call', 0):.2f} "
+        f"(target <= {CPU_RATIO_TARGET})",
     ]
     if c:
         lines.append(

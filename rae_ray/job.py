@@ -21,8 +21,8 @@ from rae_ray.llm.client import FatalEndpointError
 from rae_ray.manifest import build_manifest, usage_totals
 from rae_ray.report import write_report
 from rae_ray.runtime import (
-    Job, ensure_ray, fatal_endpoint_error, llm_stages, lost_worker, make_job, partitions, progress, stage_config,
-    start_budget,
+    Job, ensure_ray, fatal_endpoint_error, llm_stages, lost_worker, make_job, needs_budget, partitions, progress,
+    stage_config, start_budget,
 )
 from rae_ray.stages.common import LLMStageConfig
 from rae_ray.steps.errors import write_errors
@@ -143,7 +143,8 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
     timed(seconds, "validate", t)
     progress(f"output: {job.layout.root}" + (f"; label store: {job.store.uri}" if job.store else ""))
     ensure_ray(config)
-    budget, budget_handle = start_budget(config, job.run_id)
+    # No limit to keep: no budget actor (a worker process of its own) and no call to it.
+    budget, budget_handle = start_budget(config, job.run_id) if needs_budget(config) else (None, None)
     # Batch mode's state (submitted batches, their files): beside the store, so a rerun picks them up.
     batch_root = join_uri(job.store.uri if job.store else job.layout.root, "batches", job.run_id)
     stage_configs = {
@@ -168,9 +169,10 @@ def run(config: RunConfig, storage: Storage | None = None) -> RunResult:
                 # judged is in the store. Run the steps again: only the pairs not yet stored are sent.
                 progress(f"attempt {attempt} of {attempts} failed: {lost}; resuming from the label store")
                 attempts_failed.append(lost)
-        budget_state = ray.get(budget_handle.state.remote())
+        budget_state = ray.get(budget_handle.state.remote()) if budget_handle is not None else {}
     finally:
-        ray.kill(budget_handle)
+        if budget_handle is not None:
+            ray.kill(budget_handle)
     by_ranker = done.evaluation.rankers
     seconds["total"] = time.monotonic() - started
     status = "succeeded"

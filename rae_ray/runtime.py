@@ -136,18 +136,29 @@ def stage_config(config: RunConfig, stage: str, compute: StageComputeConfig, bud
     in_flight = compute.max_concurrent_requests
     if endpoint.max_in_flight is not None:  # the endpoint's cluster-wide limit, split over the stage's actors
         in_flight = max(1, min(in_flight, endpoint.max_in_flight // compute.max_actors))
+    # Nothing to keep under (no rpm, tpm or cost limit): the actors never ask the budget actor (a Ray call per 8
+    # requests, and one per reply to report its tokens and cost, was a tenth of the throughput benchmark's CPU).
+    # Tokens and cost are reported only when a token or cost limit needs them.
+    reports = endpoint.tpm is not None or config.max_cost_usd is not None
     return LLMStageConfig(
         endpoint=endpoint,
         model=model,
         scale=config.scale.as_dicts(),
         max_concurrent_requests=in_flight,
-        budget_actor=budget_actor,
+        budget_actor=budget_actor if reports or endpoint.rpm is not None else None,
+        budget_reports=reports,
         price=config.pricing.get(model.model),
         batch_state_uri=join_uri(batch_state_uri, stage) if getattr(model, "batch", False) and batch_state_uri else None,
         guidelines=config.llm.guidelines.enabled,
         s3_endpoint_url=config.storage.s3_endpoint_url,
         s3_region=config.storage.s3_region,
     )
+
+
+def needs_budget(config: RunConfig) -> bool:
+    """A budget actor has something to keep: a cost limit, or an rpm or tpm limit on a stage's endpoint."""
+    endpoints = [config.llm.endpoint_for(stage) for stage in llm_stages(config)]
+    return config.max_cost_usd is not None or any(e.rpm is not None or e.tpm is not None for e in endpoints)
 
 
 def start_budget(config: RunConfig, run_id: str):
@@ -203,6 +214,21 @@ def actor_map(ds, fn, fn_kwargs: dict[str, Any], compute: StageComputeConfig):
             # Async actor: this many batches overlap, their requests gathered under the client's semaphore.
             max_concurrency=compute.max_concurrent_batches,
         )
+
+
+def merged(ds, rows: int = ROWS_PER_BLOCK):
+    """`ds` (lazy) with its blocks merged as they stream into blocks of `rows` rows, for a stage's output that
+    is materialized: an actor pool hands back one block per batch (hundreds of blocks of 16-128 rows).
+
+    Merging on the way matters for the driver: Ray keeps a task's result under 100 KiB in the memory of its
+    owner, the driver, so a materialized dataset of small blocks lived in the driver's memory; merged blocks go
+    to the object store. (`map_batches` with a batch size bundles blocks of several tasks into one task; for
+    rows of fetched images, whose data URLs make a block's bytes the bound, see `compact`.)"""
+    return ds.map_batches(_as_is, batch_format="pyarrow", batch_size=rows)
+
+
+def _as_is(batch: pa.Table) -> pa.Table:
+    return batch
 
 
 def compact(ds):

@@ -5,6 +5,7 @@ finished batch to the store as it completes (so a killed run resumes from there)
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,8 @@ import pyarrow as pa
 
 from rae_ray.config import StageComputeConfig
 from rae_ray.labelstore.store import LabelStore, publish_shard
-from rae_ray.runtime import actor_map, compact, progress, with_schema
+from rae_ray.profiling import ActorProfile
+from rae_ray.runtime import actor_map, merged, progress, with_schema
 from rae_ray.stages.annotate import IMAGE_REJECTED, NO_IMAGE, NO_VISION
 from rae_ray.stages.captions import CAPTION_COLUMNS
 from rae_ray.stages.common import USAGE_COLUMNS, LLMStageConfig
@@ -140,16 +142,27 @@ class KeyedStage:
         self.publish = publish
         self.carried = carried
         self.unstored = list(unstored)
+        self.profile = ActorProfile.start(stage_cls.__name__)  # RAE_RAY_PROFILE_DIR set: where the CPU goes
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.profile is not None:
+            self.profile.enter()
         out = await self.stage(batch)
         for name in (self.key, *self.carried):
             if name in batch.column_names and name not in out.column_names:
                 out = out.append_column(name, batch.column(name))
         out = conform(out, self.output)
         if self.publish is not None:
-            await asyncio.to_thread(publish_shard, out.drop_columns(self.unstored), **self.publish)
+            await asyncio.to_thread(self._publish, out)
+        if self.profile is not None:
+            self.profile.batch_done(out.num_rows)
         return out
+
+    def _publish(self, out: pa.Table) -> None:
+        started = time.thread_time()
+        publish_shard(out.drop_columns(self.unstored), **self.publish)
+        if self.profile is not None:
+            self.profile.add_thread_cpu(time.thread_time() - started)
 
 
 def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, compute: StageComputeConfig, *,
@@ -161,7 +174,7 @@ def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, c
     ds = ds.materialize()
     if ds.count() == 0:
         return with_schema(ds, output_schema(spec))
-    if store is None:
+    if store is None or not store.shards(spec.store_kind):  # nothing stored yet: every row is a miss, no lookup pass
         misses = ds
         hits = None
     else:
@@ -179,4 +192,4 @@ def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, c
     new = actor_map(misses, KeyedStage, {"stage_cls": stage_cls, "key": spec.key, "output": spec.output,
                                          "config": stage_config, "publish": publish, "carried": spec.carried,
                                          "unstored": spec.unstored_columns}, compute)
-    return compact((new if hits is None else hits.union(new)).materialize())
+    return merged(new if hits is None else hits.union(new)).materialize()

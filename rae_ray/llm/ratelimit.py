@@ -138,8 +138,9 @@ def budget_actor_class():
 class RateBudget:
     """Client side: requests granted in chunks by the run's budget actor (looked up by name)."""
 
-    def __init__(self, actor_name: str, namespace: str, key: str, chunk: int = 8):
+    def __init__(self, actor_name: str, namespace: str, key: str, chunk: int = 8, reports: bool = True):
         self.actor_name = actor_name
+        self.reports = reports  # False: no token or cost limit reads them, `report` sends nothing
         self.namespace = namespace
         self.key = key
         self.chunk = max(1, chunk)
@@ -188,4 +189,6 @@ class RateBudget:
             await asyncio.sleep(grant.wait_s)
 
     def report(self, tokens_estimated: int, tokens_used: int, cost_usd: float) -> None:
+        if not self.reports:
+            return
         self._handle().report.remote(self.key, tokens_estimated, tokens_used, cost_usd)

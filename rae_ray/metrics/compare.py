@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from rae_ray.metrics.evaluate import bootstrap_intervals, make_rng, require_columns
+from rae_ray.metrics.evaluate import _contiguous_groups, bootstrap_intervals, make_rng, require_columns
 from rae_ray.metrics.measures import MEASURES
 
 __all__ = [
@@ -43,7 +43,8 @@ COMPARISONS_SCHEMA = {
 
 ALPHA = 0.05  # significance level of the `significant` column (on the adjusted p-value)
 TIE_TOLERANCE = 1e-12
-_SIGN_CHUNK = 1 << 22  # sign entries held in memory at once
+_SIGN_DRAW = 1 << 22  # random sign bits drawn per call (packed: 512 KiB); sets which patterns a seed gives
+_SIGN_CHUNK = 1 << 20  # signs unpacked at once (8 MiB of float64, whatever the number of queries)
 
 
 def holm(p_values) -> np.ndarray:
@@ -113,11 +114,12 @@ def randomization_p_values(
         return count / 2**n
     rng = np.random.default_rng() if rng is None else rng
     width = (n + 7) // 8
-    for start in range(0, n_permutations, rows):
-        size = min(rows, n_permutations - start)
-        packed = rng.integers(0, 256, size=(size, width), dtype=np.uint8)
-        bits = np.unpackbits(packed, axis=1, count=n).astype(np.float64)
-        count += np.count_nonzero(np.abs(total - 2.0 * (bits @ d)) >= threshold, axis=0)
+    draw = max(1, _SIGN_DRAW // n)
+    for start in range(0, n_permutations, draw):
+        packed = rng.integers(0, 256, size=(min(draw, n_permutations - start), width), dtype=np.uint8)
+        for first in range(0, packed.shape[0], rows):
+            bits = np.unpackbits(packed[first:first + rows], axis=1, count=n).astype(np.float64)
+            count += np.count_nonzero(np.abs(total - 2.0 * (bits @ d)) >= threshold, axis=0)
     return (count + 1) / (n_permutations + 1)
 
 
@@ -178,17 +180,20 @@ def compare_rankers(
     else:
         pairs = [(r, baseline) for r in rankers if r != baseline]
 
-    groups = (
-        query_metrics.sort("metric", "k", "ranker", "query")
-        .group_by("metric", "k", "ranker", maintain_order=True)
-        .agg(pl.col("query"), pl.col("value"))
-    )
+    # Queries as their rank in byte order (UTF-8 byte order is code-point order, as Python sorts strings): the
+    # pairs' common queries are found on integers, and a query's text is looked up once per set of queries.
+    names = query_metrics["query"].unique().sort()
+    coded = query_metrics.select(
+        "metric", "k", "ranker",
+        pl.col("query").replace_strict(names, pl.int_range(names.len(), eager=True), return_dtype=pl.Int64),
+        pl.col("value").cast(pl.Float64),
+    ).sort("metric", "k", "ranker", "query")
+    keys, offsets = _contiguous_groups(coded.select("metric", "k", "ranker"), ["metric", "k", "ranker"])
+    all_queries, all_values = coded["query"].to_numpy(), coded["value"].to_numpy()
+    del coded
     scores: dict[tuple[str, int], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for metric, k, ranker, queries, values in groups.iter_rows():
-        scores.setdefault((metric, int(k)), {})[ranker] = (
-            np.asarray(queries, dtype=object),
-            np.asarray(values, dtype=np.float64),
-        )
+    for (metric, k, ranker), start, end in zip(keys.iter_rows(), offsets[:-1], offsets[1:]):
+        scores.setdefault((metric, int(k)), {})[ranker] = (all_queries[start:end], all_values[start:end])
 
     # Rows of one ranker pair over the same queries form one (queries x rows) matrix of differences, tested at once.
     blocks: dict[tuple[str, str, bytes], dict] = {}
@@ -200,14 +205,15 @@ def compare_rankers(
             common, index_a, index_b = np.intersect1d(queries_a, queries_b, assume_unique=True, return_indices=True)
             if index_a.size == 0:
                 continue
-            key = (a, b, "\x1f".join(common.tolist()).encode())
-            block = blocks.setdefault(key, {"n": common.size, "rows": [], "diffs": []})
+            block = blocks.setdefault((a, b, common.tobytes()), {"n": common.size, "common": common, "rows": [],
+                                                                 "diffs": []})
             block["rows"].append((metric, k))
             block["diffs"].append(values_a[index_a] - values_b[index_b])
 
     results = []
-    for (a, b, queries_key), block in blocks.items():
+    for (a, b, _), block in blocks.items():
         diffs = np.column_stack(block["diffs"])
+        queries_key = "\x1f".join(names.gather(block["common"]).to_list()).encode()
         fingerprint = (block["n"], zlib.crc32(queries_key))
         low, high = bootstrap_intervals(
             diffs, n_bootstrap, confidence, make_rng(seed, a, b, "bootstrap", *fingerprint)

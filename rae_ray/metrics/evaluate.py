@@ -52,7 +52,7 @@ SEGMENT_METRICS_SCHEMA = {
     "n_queries": pl.Int64,
 }
 
-_BOOTSTRAP_CHUNK = 1 << 22  # resample counts held in memory at once
+_BOOTSTRAP_CHUNK = 1 << 18  # resample counts held in memory at once (2 MiB of float64: the driver stays flat)
 
 
 def require_columns(df: pl.DataFrame, name: str, columns: Iterable[str]) -> None:
@@ -242,14 +242,14 @@ def ranker_metrics(
     not depend on the other rows of the table. n_bootstrap = 0 gives null intervals.
     """
     require_columns(query_metrics, "query_metrics", ("ranker", "query", "metric", "k", "value"))
-    groups = (
-        query_metrics.sort("ranker", "metric", "k", "query")
-        .group_by("ranker", "metric", "k", maintain_order=True)
-        .agg(pl.col("value"))
-    )
+    # One sorted value column and the offsets of its groups: no per-query Python objects on the driver.
+    ordered = query_metrics.select("ranker", "metric", "k", "query", "value").sort("ranker", "metric", "k", "query")
+    keys, offsets = _contiguous_groups(ordered.drop("query", "value"), ["ranker", "metric", "k"])
+    all_values = ordered["value"].cast(pl.Float64).to_numpy()
+    del ordered
     out = {name: [] for name in RANKER_METRICS_SCHEMA}
-    for ranker, metric, k, values in groups.iter_rows():
-        values = np.asarray(values, dtype=np.float64)
+    for (ranker, metric, k), start, end in zip(keys.iter_rows(), offsets[:-1], offsets[1:]):
+        values = all_values[start:end]
         low, high = bootstrap_ci(values, n_bootstrap, confidence, make_rng(seed, ranker, metric, int(k)))
         out["ranker"].append(ranker)
         out["metric"].append(metric)

@@ -29,6 +29,8 @@ class LLMStageConfig(BaseModel):
     scale: list[dict]
     max_concurrent_requests: int = 32
     budget_actor: str | None = None
+    # Tell the budget actor each reply's tokens and cost (a token or cost limit is set); rpm alone needs no report.
+    budget_reports: bool = True
     price: Price | None = None
     # Annotation: judge against the query's guideline (false: llm.guidelines.enabled off, the judge sees none).
     guidelines: bool = True
@@ -66,7 +68,7 @@ def stage_api_key(config: LLMStageConfig) -> SecretStr:
 def make_client(config: LLMStageConfig) -> LLMClient:
     budget = None
     if config.budget_actor is not None:
-        budget = RateBudget(config.budget_actor, BUDGET_NAMESPACE, config.limit_key)
+        budget = RateBudget(config.budget_actor, BUDGET_NAMESPACE, config.limit_key, reports=config.budget_reports)
     return LLMClient(config.endpoint, stage_api_key(config), config.max_concurrent_requests, budget=budget,
                      price=config.price)
 

@@ -19,30 +19,40 @@ from rae_ray.runtime import Job, progress, to_polars
 from rae_ray.steps.judge import run_judge_context
 from rae_ray.steps.retrieve import Inputs, LogRows
 
-# A query's ranked rows with their grades; rows with a null ranker are stored labels of the query (metrics.ideal
-# store): in its ideal pool, in no ranking.
-GRADED_SCHEMA = pa.schema([("ranker", pa.string()), ("query", pa.string()), ("rank", pa.int64()),
-                           ("product_id", pa.string()), ("grade", pa.int16())])
+# One query's ranked lists and labels travel together as rows of this layout: a ranked row has its rank and no
+# grade; a label row (one per judged pair) has no ranker and no rank; a stored label row (metrics.ideal store:
+# in the query's ideal pool, in no ranking) has no rank and the ranker STORED_ROWS.
+STORED_ROWS = "\x00stored"
+_GRADED = pa.schema([("ranker", pa.string()), ("query", pa.string()), ("rank", pa.int64()),
+                     ("product_id", pa.string()), ("grade", pa.int16())])
+
+
+def _as_graded(batch: pa.Table) -> pa.Table:
+    """Ranked rows (ranker, query, rank, product_id) or label rows (query, product_id, grade) in `_GRADED`."""
+    n = batch.num_rows
+    columns = [batch.column(f.name).cast(f.type) if f.name in batch.column_names else pa.nulls(n, f.type)
+               for f in _GRADED]
+    return pa.Table.from_arrays(columns, schema=_GRADED)
 
 
 def per_query_metrics(group: pa.Table, ks: list[int], top_grade: int) -> pa.Table:
-    """One query's ranked lists with their grades (and stored labels, ranker null) -> that query's metric rows.
+    """Whole queries' ranked rows, label rows and stored label rows (`_GRADED`) -> their metric rows.
 
     The ideal pool of nDCG is every product of the query judged in this run (the union of the rankers' top k),
     plus the stored labels the group carries.
     """
     frame = pl.from_arrow(group)
-    ranked = frame.filter(pl.col("ranker").is_not_null())
+    ranked = frame.filter(pl.col("rank").is_not_null())
     run = ranked.select("ranker", "query", "rank", "product_id")
-    labels = ranked.select("query", "product_id", "grade").unique(subset=["query", "product_id"])
-    stored = frame.filter(pl.col("ranker").is_null())
+    label_rows = frame.filter(pl.col("rank").is_null())
+    # One label per pair of the query's ranked lists (a pair without a label row counts as unlabelled).
+    labels = ranked.select("query", "product_id").unique().join(
+        label_rows.filter(pl.col("ranker").is_null()).select("query", "product_id", "grade")
+        .unique(subset=["query", "product_id"]), on=["query", "product_id"], how="left")
+    stored = label_rows.filter(pl.col("ranker") == STORED_ROWS)
     if stored.height:
         labels = with_stored_labels(labels, stored)
     return query_metrics(run, labels, ks=ks, top_grade=top_grade).to_arrow()
-
-
-def _conform_graded(batch: pa.Table) -> pa.Table:
-    return batch.select(GRADED_SCHEMA.names).cast(GRADED_SCHEMA)
 
 
 def stored_labels(job: Job, labels) -> tuple[pl.DataFrame, dict]:
@@ -122,9 +132,9 @@ class RayEvaluationSource:
 
         qrels = self.labels.filter(expr=col("grade").is_not_null()).map_batches(
             _qrels_piece, batch_format="pyarrow", batch_size=None)
-        runs = self.run.groupby("query", num_partitions=self.parts).map_groups(
-            _run_pieces, batch_format="pyarrow", fn_kwargs={"rankers": list(rankers)},
-        ).map_batches(_join_pieces, batch_format="pyarrow", batch_size=None)
+        # Sorted by query, a block holds whole queries (what map_groups relies on): one piece per ranker per block.
+        runs = self.run.sort("query").map_batches(
+            _run_pieces, batch_format="pyarrow", batch_size=None, fn_kwargs={"rankers": list(rankers)})
         for pieces in (qrels, runs):
             for batch in pieces.iter_batches(batch_format="pyarrow", batch_size=None):
                 yield from zip(batch.column("file").to_pylist(), batch.column("text").to_pylist())
@@ -160,24 +170,26 @@ def evaluate(job: Job, inputs: Inputs, log: LogRows, pairs, labels, held_out: pl
     import ray
 
     config = job.config
-    graded = log.selected.select_columns(["ranker", "query", "rank", "product_id"]).join(
-        labels.select_columns(["query", "product_id", "grade"]), join_type="left_outer", num_partitions=job.parts,
-        on=("query", "product_id"),
-    )
+    # Ranked rows and labels meet in the per-query groups (a sort shuffle: tasks), not in a hash join (whose
+    # aggregator actors are new worker processes, each some CPU-seconds to start).
+    graded = log.selected.select_columns(["ranker", "query", "rank", "product_id"]).map_batches(
+        _as_graded, batch_format="pyarrow").union(
+        labels.select_columns(["query", "product_id", "grade"]).map_batches(_as_graded, batch_format="pyarrow"))
     ideal = {"mode": config.metrics.ideal}
     if config.metrics.ideal == "store":
         pool, ideal = stored_labels(job, labels)
         if pool.height:
-            rows = pool.with_columns(pl.lit(None, pl.String).alias("ranker"), pl.lit(None, pl.Int64).alias("rank"))
-            graded = graded.map_batches(_conform_graded, batch_format="pyarrow").union(
-                ray.data.from_arrow(_conform_graded(rows.to_arrow())))
+            rows = pool.with_columns(pl.lit(STORED_ROWS, pl.String).alias("ranker"),
+                                     pl.lit(None, pl.Int64).alias("rank"))
+            graded = graded.union(ray.data.from_arrow(_as_graded(rows.to_arrow())))
+    # Sorted by query, a block holds whole queries (what map_groups relies on): one call per block, not per query.
     by_query = to_polars(
-        graded.groupby("query", num_partitions=job.parts).map_groups(
-            per_query_metrics, batch_format="pyarrow",
+        graded.sort("query").map_batches(
+            per_query_metrics, batch_format="pyarrow", batch_size=None,
             fn_kwargs={"ks": config.metrics.ks, "top_grade": config.scale.top_grade},
         ),
         schema=QUERY_METRICS_SCHEMA,
-    )
+    ).sort("query", maintain_order=True)
     segments = log.segments
     if "locale" in inputs.columns:
         locales = to_polars(log.checked.filter(expr=col("input_error").is_null()).groupby(

@@ -25,3 +25,11 @@ def test_batch_sized_blocks_are_merged_by_rows_and_bytes(ray_local, monkeypatch)
 
     already = runtime.compact(merged)
     assert already is merged  # nothing to merge: no extra pass
+
+
+def test_small_blocks_are_merged_as_they_stream(ray_local):
+    # An actor pool's output, not materialized: 111 blocks of ~16 rows become blocks of `rows` rows on the way.
+    tiny = ray_local.data.range(1762, override_num_blocks=111).map_batches(lambda b: b, batch_format="pyarrow")
+    merged = runtime.merged(tiny, rows=1000).materialize()
+    assert merged.num_blocks() == 2
+    assert sorted(row["id"] for row in merged.take_all()) == list(range(1762))

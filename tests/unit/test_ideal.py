@@ -14,7 +14,7 @@ from rae_ray.labelstore import LabelStore, publish_shard
 from rae_ray.labelstore.cached import LABEL_SPEC, STORED_PREFIX, hits_as_output, output_schema
 from rae_ray.labelstore.keys import add_judge_context, judge_context, normalize_query
 from rae_ray.metrics.ideal import store_pool, with_stored_labels
-from rae_ray.steps.evaluate import GRADED_SCHEMA, per_query_metrics
+from rae_ray.steps.evaluate import _GRADED, STORED_ROWS, per_query_metrics
 from rae_ray.steps.judge import run_judge_context
 
 SCALE = [{"grade": 0, "name": "irrelevant"}, {"grade": 2, "name": "highly relevant"}]
@@ -127,8 +127,8 @@ def test_with_stored_labels_keeps_the_runs_outcome():
 
 
 def _group(rows: list[tuple]) -> pa.Table:
-    names = GRADED_SCHEMA.names
-    return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)}, schema=GRADED_SCHEMA)
+    names = _GRADED.names
+    return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)}, schema=_GRADED)
 
 
 def _value(table: pa.Table, ranker: str, metric: str, k: int) -> float:
@@ -137,11 +137,13 @@ def _value(table: pa.Table, ranker: str, metric: str, k: int) -> float:
 
 
 def test_per_query_metrics_with_stored_labels_in_the_ideal_pool():
-    ranked = [("A", "q", 1, "a", 1), ("A", "q", 2, "b", 0), ("B", "q", 1, "b", 0), ("B", "q", 2, "a", 1)]
+    # Ranked rows (no grade) and the run's label rows (no ranker, no rank).
+    ranked = [("A", "q", 1, "a", None), ("A", "q", 2, "b", None), ("B", "q", 1, "b", None), ("B", "q", 2, "a", None),
+              (None, "q", None, "a", 1), (None, "q", None, "b", 0)]
     run_only = per_query_metrics(_group(ranked), ks=[2], top_grade=2)
     assert _value(run_only, "A", "ndcg", 2) == pytest.approx(1.0)  # the run's pool: a (1), b (0)
-    # Stored labels (ranker null): c (2) was judged by an earlier run; a's stored grade loses to the run's.
-    stored = [(None, "q", None, "c", 2), (None, "q", None, "a", 2)]
+    # Stored labels (ranker STORED_ROWS): c (2) was judged by an earlier run; a's stored grade loses to the run's.
+    stored = [(STORED_ROWS, "q", None, "c", 2), (STORED_ROWS, "q", None, "a", 2)]
     with_store = per_query_metrics(_group(ranked + stored), ks=[2], top_grade=2)
     ideal = (2**2 - 1) / log2(2) + (2**1 - 1) / log2(3)
     assert _value(with_store, "A", "ndcg", 2) == pytest.approx(1.0 / ideal)
