@@ -3,6 +3,7 @@ telling Ray losing a worker from an endpoint refusing the key."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
@@ -65,8 +66,13 @@ def make_job(config: RunConfig, storage: Storage | None = None, log_rows: int = 
                parts=partitions(log_rows, config))
 
 
+# Whose lines these are, when several runs share the console (a sweep's variants running at once): "[name] ".
+PROGRESS_PREFIX: contextvars.ContextVar[str] = contextvars.ContextVar("rae_ray_progress_prefix", default="")
+
+
 def progress(message: str) -> None:
     """A line for the person running the job (stderr), also logged (`rae_ray.progress`) for tools that follow it."""
+    message = PROGRESS_PREFIX.get() + message
     print(f"[rae-ray] {message}", file=sys.stderr, flush=True)
     logging.getLogger("rae_ray.progress").info(message)
 
