@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -68,6 +69,18 @@ def make_job(config: RunConfig, storage: Storage | None = None, log_rows: int = 
 
 # Whose lines these are, when several runs share the console (a sweep's variants running at once): "[name] ".
 PROGRESS_PREFIX: contextvars.ContextVar[str] = contextvars.ContextVar("rae_ray_progress_prefix", default="")
+
+
+# Told a stage's name once this run's results of that stage are all in the label store ("guidelines", "captions",
+# "annotate"): a sweep starts a variant that waits for them then, rather than at the end of this run.
+STAGE_DONE: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "rae_ray_stage_done", default=None)
+
+
+def stage_done(stage: str) -> None:
+    callback = STAGE_DONE.get()
+    if callback is not None:
+        callback(stage)
 
 
 def progress(message: str) -> None:

@@ -3,43 +3,54 @@ in threads of one driver (Ray Data executes several datasets at once from one dr
 
 Variants that share nothing run at once, each with its own budget actor (its endpoints' rpm and tpm). A variant
 waits for every earlier variant it shares something with:
-- label-store keys (same store, same guideline, caption or judge model, same scale): the earlier variant judges
-  and publishes, the later one finds those results in the store. Run together, both would miss the store and
-  both would pay for the same pair. The wait is per variant, not per pair: two variants with the same judge and
-  different rankers wait too, although only their common pairs are shared.
+- label-store keys (same store, same guideline, caption or judge model, same scale): it starts once the earlier
+  variant has that stage's results in the store (`runtime.stage_done`), and finds them there. Started together,
+  both would miss the store and both would pay for the same queries and pairs. A judge-b variant that differs
+  from the first in its judge alone waits for the first one's guidelines, then judges beside it. The wait is per
+  stage, not per key: two variants with the same judge and different rankers wait too, although only their
+  common pairs are shared.
 - a rate-limited model of an endpoint (rpm, tpm or max_in_flight on the same base_url and model): each run's
-  budget allows the whole limit, so two runs at once would ask for twice what the endpoint allows.
+  budget allows the whole limit, so two runs at once would ask for twice what the endpoint allows. It waits for
+  the earlier run's end.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import queue
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from rae_ray.config import RunConfig
-from rae_ray.runtime import PROGRESS_PREFIX, llm_stages, make_job, progress
+from rae_ray.runtime import PROGRESS_PREFIX, STAGE_DONE, llm_stages, make_job, progress
 
 # One CPU kept free beside the variants' actor pools: Ray Data's read, map and shuffle tasks take a whole CPU each,
 # and a cluster whose CPUs all sit in idle actors of several pools would wait for ever.
 TASK_CPUS = 1.0
+RUN = "run"  # the milestone of a whole run
 
 
 @dataclass(frozen=True)
 class Wait:
-    """`variant` starts only after `after` has finished, because of `reason`."""
+    """`variant` starts only once `after` has reached each of `stages` (a stage's results stored, or RUN: ended)."""
 
     variant: str
     after: str
     reason: str
+    stages: tuple[str, ...]
+
+    def describe(self) -> str:
+        """"after k10's guidelines (same guideline keys)", "after k10 (same rate-limited model m)"."""
+        whose = self.after if RUN in self.stages else f"{self.after}'s {' and '.join(self.stages)}"
+        return f"after {whose} ({self.reason})"
 
 
-def shared(config: RunConfig) -> dict[tuple, str]:
-    """What a variant may share with another (hashable descriptions), each with the reason it would wait."""
-    out: dict[tuple, str] = {}
+def shared(config: RunConfig) -> dict[tuple, tuple[str, str]]:
+    """What a variant may share with another (hashable descriptions): the reason it would wait, and for what."""
+    out: dict[tuple, tuple[str, str]] = {}
     job = make_job(config)
     llm = config.llm
     if job.store is not None:
@@ -47,29 +58,50 @@ def shared(config: RunConfig) -> dict[tuple, str]:
         guidelines = llm.guidelines.model if llm.guidelines.enabled else None
         captions = llm.captions.model if config.images.mode == "caption" and llm.captions else None
         if guidelines is not None:
-            out[("guidelines", job.store.uri, guidelines, scale)] = "same guideline keys"
+            out[("guidelines", job.store.uri, guidelines, scale)] = ("same guideline keys", "guidelines")
         if captions is not None:
-            out[("captions", job.store.uri, captions)] = "same caption keys"
+            out[("captions", job.store.uri, captions)] = ("same caption keys", "captions")
         out[("labels", job.store.uri, llm.annotate.model, guidelines, captions, config.images.mode, scale)] = \
-            "same label keys"
+            ("same label keys", "annotate")
     for stage in llm_stages(config):
         endpoint, model = llm.endpoint_for(stage), getattr(llm, stage).model
         if endpoint.rpm or endpoint.tpm or endpoint.max_in_flight:
-            out[("endpoint", endpoint.base_url, model)] = f"same rate-limited model {model}"
+            out[("endpoint", endpoint.base_url, model)] = (f"same rate-limited model {model}", RUN)
     return out
 
 
+def covers(config: RunConfig, other: RunConfig, stage: str) -> bool:
+    """Whether `config`'s run stores every result of `stage` that `other`'s run with the same keys would: the same
+    log, catalog, rankers and sampling (the same queries), and for pairs and images a k at least as large."""
+    same_queries = (config.input == other.input and config.rankers == other.rankers
+                    and config.sampling == other.sampling)
+    return same_queries and (stage == "guidelines" or other.k <= config.k)
+
+
 def waits(configs: dict[str, RunConfig]) -> dict[str, list[Wait]]:
-    """For each variant, the earlier variants (in file order) it must wait for."""
+    """For each variant, the earlier variants (in file order) it must wait for, and for which of their stages.
+
+    For store keys it waits for the earlier variants that would store them, less those whose results another of
+    them stores anyway (a k5 variant behind a k10 one: a later variant waits for k10 alone, not for k5 too).
+    """
     found = {name: shared(config) for name, config in configs.items()}
     names = list(configs)
     out: dict[str, list[Wait]] = {}
     for i, name in enumerate(names):
+        needs: dict[str, list[tuple[str, str]]] = {}  # earlier variant -> [(reason, stage)]
+        for key, (reason, stage) in found[name].items():
+            kept: list[str] = []
+            for earlier in names[:i]:
+                if key in found[earlier] and (stage == RUN or not any(
+                        covers(configs[k], configs[earlier], stage) for k in kept)):
+                    kept.append(earlier)
+                    needs.setdefault(earlier, []).append((reason, stage))
         out[name] = []
         for earlier in names[:i]:
-            common = [found[name][key] for key in found[name] if key in found[earlier]]
-            if common:
-                out[name].append(Wait(name, earlier, ", ".join(dict.fromkeys(common))))
+            if earlier in needs:
+                reasons = ", ".join(dict.fromkeys(reason for reason, _ in needs[earlier]))
+                stages = tuple(dict.fromkeys(stage for _, stage in needs[earlier]))
+                out[name].append(Wait(name, earlier, reasons, (RUN,) if RUN in stages else stages))
     return out
 
 
@@ -90,7 +122,7 @@ def plan_line(sweep_id: str, configs: dict[str, RunConfig], parallel: int, setti
     text = (f"sweep {sweep_id}: {len(configs)} variants, " + ("one after the other" if parallel == 1 else
             f"up to {parallel} at a time") + f" (parallel: {setting})")
     if parallel > 1:
-        waiting = [f"{w.variant} after {w.after} ({w.reason})" for ws in variant_waits.values() for w in ws]
+        waiting = [f"{w.variant} {w.describe()}" for ws in variant_waits.values() for w in ws]
         if waiting:
             text += "; " + "; ".join(waiting)
     return text
@@ -98,11 +130,12 @@ def plan_line(sweep_id: str, configs: dict[str, RunConfig], parallel: int, setti
 
 def run_variants(configs: dict[str, RunConfig], run_one: Callable[[str, RunConfig], Any], parallel: int,
                  variant_waits: dict[str, list[Wait]] | None = None) -> dict[str, Any]:
-    """{variant: run_one(variant, config)}, up to `parallel` at a time, each after the variants it waits for.
+    """{variant: run_one(variant, config)}, up to `parallel` at a time, each once what it waits for is reached.
 
-    A variant starts when a slot is free and what it waits for has finished (in file order among those ready).
-    With parallel > 1 every progress line of a variant starts with its name. When a variant fails, no variant
-    starts after that; those running finish, then the first failure (in file order) is raised.
+    A variant starts when a slot is free and the variants it waits for have reached the stages it needs (file
+    order among those ready). With parallel > 1 each progress line of a variant starts with its name. When a
+    variant fails, no variant starts after that; those running finish, then the first failure (in file order)
+    is raised.
     """
     names = list(configs)
     if parallel == 1 or len(names) == 1:
@@ -112,33 +145,43 @@ def run_variants(configs: dict[str, RunConfig], run_one: Callable[[str, RunConfi
             results[name] = run_one(name, configs[name])
         return results
     variant_waits = variant_waits if variant_waits is not None else waits(configs)
+    reached: dict[str, set[str]] = {name: set() for name in names}  # milestones, written by the main thread only
+    news: queue.Queue[tuple[str, str]] = queue.Queue()  # (variant, stage or RUN) from the variants' threads
 
     def variant(name: str) -> Any:
-        token = PROGRESS_PREFIX.set(f"[{name}] ")
+        prefix = PROGRESS_PREFIX.set(f"[{name}] ")
+        told = STAGE_DONE.set(lambda stage: news.put((name, stage)))
         try:
-            progress("variant started" + "".join(f"; after {w.after} ({w.reason})" for w in variant_waits[name]))
+            progress("variant started" + "".join(f"; {w.describe()}" for w in variant_waits[name]))
             return run_one(name, configs[name])
         except Exception as error:
             progress(f"variant failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}")
             raise
         finally:
-            PROGRESS_PREFIX.reset(token)
+            STAGE_DONE.reset(told)
+            PROGRESS_PREFIX.reset(prefix)
+
+    def ready(name: str) -> bool:
+        return all(RUN in reached[w.after] or set(w.stages) <= reached[w.after] for w in variant_waits[name])
 
     pending = list(names)
-    running: dict[Future, str] = {}
+    running: dict[str, Future] = {}
     finished: dict[str, Future] = {}
+    failed = False
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="rae-ray-sweep") as pool:
         while pending or running:
-            failed = any(f.exception() is not None for f in finished.values())
-            for name in [] if failed else list(pending):
-                if len(running) < parallel and all(w.after in finished for w in variant_waits[name]):
+            for name in [] if failed else [n for n in pending if ready(n)]:
+                if len(running) < parallel:
                     pending.remove(name)
-                    running[pool.submit(variant, name)] = name
+                    running[name] = future = pool.submit(variant, name)
+                    future.add_done_callback(lambda _, name=name: news.put((name, RUN)))
             if not running:
-                break  # a failure: what is pending never starts
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for future in done:
-                finished[running.pop(future)] = future
+                break  # after a failure: what is pending never starts
+            name, stage = news.get()
+            reached[name].add(stage)
+            if stage == RUN:
+                finished[name] = running.pop(name)
+                failed = failed or finished[name].exception() is not None
     failures = [finished[n].exception() for n in names if n in finished and finished[n].exception() is not None]
     if failures:
         if pending:

@@ -32,6 +32,10 @@ def reasons(configs) -> dict[str, list[tuple[str, str]]]:
     return {name: [(w.after, w.reason) for w in ws] for name, ws in waits(configs).items()}
 
 
+def stages(configs) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+    return {name: [(w.after, w.stages) for w in ws] for name, ws in waits(configs).items()}
+
+
 def test_variants_sharing_store_keys_wait_for_the_earlier_one():
     configs = variants(
         base=[],
@@ -43,10 +47,16 @@ def test_variants_sharing_store_keys_wait_for_the_earlier_one():
     )
     assert reasons(configs) == {
         "base": [], "k5": [("base", "same guideline keys, same label keys")],
-        "rankers": [("base", "same guideline keys, same label keys"), ("k5", "same guideline keys, same label keys")],
-        "judge_b": [("base", "same guideline keys"), ("k5", "same guideline keys"), ("rankers", "same guideline keys")],
+        # k5's queries and pairs are base's (same log, rankers, sampling; smaller k): waiting for base is enough.
+        "rankers": [("base", "same guideline keys, same label keys")],
+        # Another ranker list may bring queries base does not have: judge_b waits for rankers' guidelines too.
+        "judge_b": [("base", "same guideline keys"), ("rankers", "same guideline keys")],
         "no_guidelines": [], "other": [],
     }
+    # What each waits for: a's guidelines only, when the judge differs; the stored labels too when it is the same.
+    assert stages(configs)["judge_b"] == [("base", ("guidelines",)), ("rankers", ("guidelines",))]
+    assert stages(configs)["k5"] == [("base", ("guidelines", "annotate"))]
+    assert waits(configs)["judge_b"][0].describe() == "after base's guidelines (same guideline keys)"
 
 
 def test_another_store_or_no_store_shares_nothing_and_rate_limited_models_wait():
@@ -57,6 +67,8 @@ def test_another_store_or_no_store_shares_nothing_and_rate_limited_models_wait()
                                   "llm.annotate.model=c"])
     assert reasons(configs) == {"base": [], "elsewhere": [], "off": [], "limited_a": [],
                                 "limited_b": [("limited_a", "same rate-limited model a")], "limited_c": []}
+    assert waits(configs)["limited_b"][0].stages == ("run",)  # the endpoint is busy until the run ends
+    assert waits(configs)["limited_b"][0].describe() == "after limited_a (same rate-limited model a)"
 
 
 def test_as_many_variants_as_the_cpus_hold_beside_one_for_tasks():
@@ -84,21 +96,29 @@ def test_the_sweep_file_says_how_many_at_once(tmp_path):
 
 
 class Recorder:
-    """A stand-in for the job: sleeps, records when each variant ran, prints a progress line."""
+    """A stand-in for the job: prints a progress line, "writes guidelines" for half its time, then "judges"; records
+    when each variant ran and when its guidelines were done."""
 
     def __init__(self, seconds: dict[str, float], fail: str | None = None):
         self.seconds, self.fail = seconds, fail
         self.spans: dict[str, tuple[float, float]] = {}
+        self.guidelines_done: dict[str, float] = {}
         self.lock = threading.Lock()
 
     def __call__(self, name, config):
-        from rae_ray.runtime import progress
+        from rae_ray.runtime import progress, stage_done
 
         start = time.monotonic()
         progress(f"working on k={config.k}")
-        time.sleep(self.seconds[name])
+        time.sleep(self.seconds[name] / 2)
+        with self.lock:
+            self.guidelines_done[name] = time.monotonic()
+        stage_done("captions")
+        stage_done("guidelines")
+        time.sleep(self.seconds[name] / 2)
         if name == self.fail:
             raise ValueError(f"{name} broke")
+        stage_done("annotate")
         with self.lock:
             self.spans[name] = (start, time.monotonic())
         return f"result of {name}"
@@ -110,17 +130,22 @@ def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 @pytest.mark.parametrize("parallel", [2, 3])
 def test_variants_run_at_once_unless_they_wait(capsys, parallel):
-    configs = variants(a=[], a_k5=["k=5"], b=["llm.guidelines.model=g2", "llm.annotate.model=b"])
-    run = Recorder({"a": 0.4, "a_k5": 0.1, "b": 0.4})
-    # With two slots, a_k5 (waiting for a) does not hold the second one: b runs beside a.
+    configs = variants(a=[], a_k5=["k=5"], judge_b=["llm.annotate.model=b"],
+                       c=["llm.guidelines.model=g2", "llm.annotate.model=c"])
+    run = Recorder({"a": 0.6, "a_k5": 0.1, "judge_b": 0.4, "c": 0.3})
     results = run_variants(configs, run, parallel=parallel)
-    assert results == {"a": "result of a", "a_k5": "result of a_k5", "b": "result of b"}
-    assert list(results) == ["a", "a_k5", "b"]  # file order
-    assert overlap(run.spans["a"], run.spans["b"])
-    assert run.spans["a_k5"][0] >= run.spans["a"][1]  # after a: its keys are a's
+    assert results == {name: f"result of {name}" for name in ("a", "a_k5", "judge_b", "c")}
+    assert list(results) == ["a", "a_k5", "judge_b", "c"]  # file order
+    # judge_b (a's guidelines, its own judge) starts once a's guidelines are stored, and judges beside a.
+    assert run.spans["judge_b"][0] >= run.guidelines_done["a"]
+    assert overlap(run.spans["a"], run.spans["judge_b"])
+    # a_k5 (a's guidelines and judge) starts once a's labels are stored.
+    assert run.spans["a_k5"][0] >= run.spans["a"][1]
+    # c shares nothing: with three slots it starts with a; with two, in the slot a waiting variant does not hold.
+    assert run.spans["c"][0] < run.guidelines_done["a"] if parallel == 3 else overlap(run.spans["a"], run.spans["c"])
     err = capsys.readouterr().err
-    assert "[rae-ray] [b] working on k=10" in err and "[rae-ray] [a_k5] working on k=5" in err
-    assert "[rae-ray] [a_k5] variant started; after a (same guideline keys, same label keys)" in err
+    assert "[rae-ray] [c] working on k=10" in err and "[rae-ray] [a_k5] working on k=5" in err
+    assert "[rae-ray] [judge_b] variant started; after a's guidelines (same guideline keys)" in err
 
 
 def test_one_at_a_time_when_parallel_is_one(capsys):
@@ -135,7 +160,7 @@ def test_one_at_a_time_when_parallel_is_one(capsys):
 def test_a_failed_variant_stops_the_sweep_after_the_running_ones():
     configs = variants(a=[], a_k5=["k=5"], b=["llm.guidelines.model=g2", "llm.annotate.model=b"],
                        c=["llm.guidelines.model=g3", "llm.annotate.model=c"])
-    run = Recorder({"a": 0.1, "a_k5": 0.1, "b": 0.5, "c": 0.1}, fail="a")
+    run = Recorder({"a": 0.2, "a_k5": 0.1, "b": 0.6, "c": 0.1}, fail="a")
     with pytest.raises(ValueError, match="a broke"):
         run_variants(configs, run, parallel=2)
     assert "b" in run.spans  # running when a failed: it finished
