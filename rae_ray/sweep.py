@@ -148,17 +148,23 @@ def run_sweep(sweep_id: str, configs: dict[str, RunConfig], parallel: int | str 
 
     from rae_ray.job import run
     from rae_ray.runtime import ensure_ray, make_job, progress
-    from rae_ray.sweep_runs import fitting, plan_line, run_variants, waits
+    from rae_ray.sweep_runs import fitting, nominal_shuffle_cpus, plan_line, run_variants, waits
 
     first = next(iter(configs.values()))
     ensure_ray(first)
-    at_once = parallel if isinstance(parallel, int) else fitting(configs, ray.cluster_resources().get("CPU", 0.0))
-    at_once = max(1, min(at_once, len(configs)))
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    at_once = max(1, min(parallel if isinstance(parallel, int) else fitting(configs, cpus), len(configs)))
     variant_waits = waits(configs)
     progress(plan_line(sweep_id, configs, at_once, parallel, variant_waits))
+    if at_once > fitting(configs, cpus):
+        progress(f"note: {at_once} variants' actor pools and Ray Data's tasks want more than the {cpus:g} CPUs the "
+                 "cluster has now: they may stall waiting for CPUs unless the cluster grows")
     if at_once > 1:  # progress bars of several datasets would overwrite each other; the lines say who is where
         ray.data.DataContext.get_current().enable_progress_bars = False
-    results = run_variants(configs, lambda name, config: run(config), at_once, variant_waits)
+        with nominal_shuffle_cpus():
+            results = run_variants(configs, lambda name, config: run(config), at_once, variant_waits)
+    else:
+        results = run_variants(configs, lambda name, config: run(config), at_once, variant_waits)
 
     frames = []
     judge_runs = []

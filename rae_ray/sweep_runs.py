@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import math
 import queue
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,7 @@ from rae_ray.runtime import PROGRESS_PREFIX, STAGE_DONE, llm_stages, make_job, p
 # One CPU kept free beside the variants' actor pools: Ray Data's read, map and shuffle tasks take a whole CPU each,
 # and a cluster whose CPUs all sit in idle actors of several pools would wait for ever.
 TASK_CPUS = 1.0
+NOMINAL_AGGREGATOR_CPUS = 0.01  # Ray Data's own lower bound for an aggregator
 RUN = "run"  # the milestone of a whole run
 
 
@@ -105,6 +108,34 @@ def waits(configs: dict[str, RunConfig]) -> dict[str, list[Wait]]:
     return out
 
 
+@contextmanager
+def nominal_shuffle_cpus(cpus: float = NOMINAL_AGGREGATOR_CPUS):
+    """Joins' and hash shuffles' aggregator actors with a nominal CPU while several variants run.
+
+    Ray Data gives each aggregator up to a quarter of the cluster's CPUs (min(cluster/4/aggregators, memory/4 GiB));
+    Ray calls that CPU nominal, a guard against tasks without a memory request landing beside it. With several
+    variants at once, their aggregators and actor pools together held all CPUs but 0.75 on 2 CPUs, no 1-CPU task
+    could start, and every variant waited for the others (measured: a 3-variant sweep hung). Set on the driver's
+    DataContext, which every dataset created meanwhile copies; restored after.
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    names = ("join_operator_actor_num_cpus_override", "hash_shuffle_operator_actor_num_cpus_override")
+    before = {name: getattr(context, name) for name in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Ray 2.60 calls the join one deprecated, yet reads it
+        for name in names:
+            setattr(context, name, cpus)
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for name, value in before.items():
+                setattr(context, name, value)
+
+
 def variant_cpus(config: RunConfig) -> float:
     """CPUs a variant's largest actor pool holds (a run's LLM stages run one after the other)."""
     stages = [*llm_stages(config), *(["images"] if config.images.mode != "text" else [])]
@@ -168,7 +199,8 @@ def run_variants(configs: dict[str, RunConfig], run_one: Callable[[str, RunConfi
     running: dict[str, Future] = {}
     finished: dict[str, Future] = {}
     failed = False
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="rae-ray-sweep") as pool:
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="rae-ray-sweep")
+    try:
         while pending or running:
             for name in [] if failed else [n for n in pending if ready(n)]:
                 if len(running) < parallel:
@@ -182,6 +214,10 @@ def run_variants(configs: dict[str, RunConfig], run_one: Callable[[str, RunConfi
             if stage == RUN:
                 finished[name] = running.pop(name)
                 failed = failed or finished[name].exception() is not None
+    except BaseException:  # Ctrl-C: do not wait here for the running variants (Ray's shutdown ends them)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     failures = [finished[n].exception() for n in names if n in finished and finished[n].exception() is not None]
     if failures:
         if pending:
