@@ -35,7 +35,10 @@ pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 HEAD_CPUS = 1
-WORKER_CPUS = 1
+# Two CPUs a worker: at its largest (head + 2 workers of 1 CPU) the cluster held the two 1-CPU annotate actors and
+# a 0.25-CPU actor, and the 1-CPU task the job needed next fitted on no node: the job waited with the cluster at
+# its maximum (measured 2026-12-01 06:21). With 2, a worker holding an actor still takes a task.
+WORKER_CPUS = 2
 MAX_WORKERS = 2
 IDLE_TIMEOUT_MINUTES = 0.25  # the schema takes a number: 15 s
 QUERIES = 8
