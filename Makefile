@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: demo test install browser llama clean
+.PHONY: demo test install browser llama autoscaling clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ demo: $(STAMP)
 
 test: $(STAMP) browser llama
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# A job growing a (fake multi-node, real autoscaler) cluster and the cluster shrinking after; prints the timeline.
+autoscaling: $(STAMP)
+	$(BIN)/python -m pytest -q -s tests/cluster/test_autoscaling.py
 
 clean:
 	rm -rf $(VENV) rae-output .pytest_cache

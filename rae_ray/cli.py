@@ -101,10 +101,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from rae_ray.sweep import load_sweep, run_sweep, sweep_table
+    from rae_ray.sweep import load_sweep, run_sweep, sweep_options, sweep_table
 
     sweep_id, configs = load_sweep(args.sweep, args.set or [])
-    result = run_sweep(sweep_id, configs)
+    parallel = args.parallel if args.parallel is not None else sweep_options(args.sweep).parallel
+    result = run_sweep(sweep_id, configs, parallel=parallel)
     print()
     print(sweep_table(result, metric=args.metric, k=args.k))
     print(f"sweep comparison: {result.root}/comparison.parquet")
@@ -115,6 +116,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("\n".join(judges_lines(result.judges)))
         print(f"judges: {result.root}/judges.parquet")
     return 0
+
+
+def _parallel(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError("expects a whole number >= 1 or 'auto'")
+    return int(value)
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -202,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key in every variant")
     sweep.add_argument("--metric", default="ndcg", help="metric of the printed table")
     sweep.add_argument("--k", type=int, default=10, help="cut-off of the printed table")
+    sweep.add_argument("--parallel", type=_parallel, metavar="N|auto",
+                       help="variants at once (default: the sweep file's `parallel`, else auto; 1: one after the other)")
     sweep.set_defaults(func=cmd_sweep)
 
     estimate = sub.add_parser("estimate", help="dry run: calls, tokens and cost before any LLM call")

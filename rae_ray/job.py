@@ -22,7 +22,7 @@ from rae_ray.manifest import build_manifest, usage_totals
 from rae_ray.report import write_report
 from rae_ray.runtime import (
     Job, ensure_ray, fatal_endpoint_error, llm_stages, lost_worker, make_job, needs_budget, partitions, progress,
-    stage_config, start_budget,
+    stage_config, stage_done, start_budget,
 )
 from rae_ray.stages.common import LLMStageConfig
 from rae_ray.steps.errors import write_errors
@@ -99,12 +99,14 @@ def _steps(job: Job, inputs: Inputs, stage_configs: dict[str, LLMStageConfig], s
     counts.update(step_counts)
     if images.fetched is not None:
         timed(seconds, "images", t)
+    stage_done("captions")
 
     t = time.monotonic()
     guidelines, step_counts = write_guidelines(job, pairs, stage_configs.get("guidelines"))
     counts.update(step_counts)
     progress(f"guidelines: {counts['queries']} queries in {timed(seconds, 'guidelines', t):.1f}s"
              + ("" if guidelines is not None else " (off: llm.guidelines.enabled false)"))
+    stage_done("guidelines")
 
     t = time.monotonic()
     examples = choose_examples(job, pairs)  # None without llm.annotate.examples
@@ -112,6 +114,7 @@ def _steps(job: Job, inputs: Inputs, stage_configs: dict[str, LLMStageConfig], s
                                                            stage_configs["annotate"], examples)
     counts.update(step_counts)
     progress(f"annotate: {counts['pairs_unique']} pairs in {timed(seconds, 'annotate', t):.1f}s")
+    stage_done("annotate")
 
     error_counts = write_errors(job, log.checked, guidelines, labels, images)
 

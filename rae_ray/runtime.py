@@ -3,11 +3,13 @@ telling Ray losing a worker from an endpoint refusing the key."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -65,8 +67,25 @@ def make_job(config: RunConfig, storage: Storage | None = None, log_rows: int = 
                parts=partitions(log_rows, config))
 
 
+# Whose lines these are, when several runs share the console (a sweep's variants running at once): "[name] ".
+PROGRESS_PREFIX: contextvars.ContextVar[str] = contextvars.ContextVar("rae_ray_progress_prefix", default="")
+
+
+# Told a stage's name once this run's results of that stage are all in the label store ("guidelines", "captions",
+# "annotate"): a sweep starts a variant that waits for them then, rather than at the end of this run.
+STAGE_DONE: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "rae_ray_stage_done", default=None)
+
+
+def stage_done(stage: str) -> None:
+    callback = STAGE_DONE.get()
+    if callback is not None:
+        callback(stage)
+
+
 def progress(message: str) -> None:
     """A line for the person running the job (stderr), also logged (`rae_ray.progress`) for tools that follow it."""
+    message = PROGRESS_PREFIX.get() + message
     print(f"[rae-ray] {message}", file=sys.stderr, flush=True)
     logging.getLogger("rae_ray.progress").info(message)
 

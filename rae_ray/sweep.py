@@ -5,13 +5,15 @@ A sweep file names a base config and its variants, each a set of `--set`-style o
     base: jobs/configs/demo.yaml
     sweep_id: nightly            # runs are <sweep_id>-<variant>; default sweep-<UTC timestamp>
     set: {metrics.bootstrap: 500}   # optional: overrides of every variant (before --set and the variant's own)
+    parallel: auto               # optional: variants at once (rae_ray.config.sweep.SweepOptions)
     variants:
       k10: {}
       k5: {k: 5}
       judge-b: {llm.annotate.model: other-model}
 
-Variants run one after the other on the same Ray (each one's stages still fan out over the cluster) and share
-the base config's label store, so what one variant paid for, the next reuses. The sweep writes
+Variants run side by side on the same Ray when the cluster has room (`rae_ray.sweep_runs`), each with its own
+endpoint limits, and share the base config's label store: a variant that shares store keys (or a rate-limited
+model) with an earlier one waits for it, so what one variant paid for, the next reuses. The sweep writes
 `<output.uri>/<sweep_id>/comparison.parquet` (variant, run_id, ranker, metric, k, value, ci_low, ci_high,
 n_queries) and `rankings.parquet` (per variant and metric@k: the rankers' order, and Kendall's tau against the
 first variant's order), and prints one table across variants. When the configs have `input.human_labels`,
@@ -30,7 +32,10 @@ import numpy as np
 import polars as pl
 import yaml
 
+from pydantic import ValidationError
+
 from rae_ray.config import ConfigError, RunConfig, load_config
+from rae_ray.config.sweep import SweepOptions
 from rae_ray.io import RunLayout, join_uri, resolve_uri
 from rae_ray.judges import JudgeRun, judges_table
 from rae_ray.metrics.agreement import kendall_tau
@@ -44,16 +49,34 @@ class SweepResult:
     judges: pl.DataFrame | None = None  # with human labels: rae_ray.judges.JUDGES_SCHEMA
 
 
-def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[str, dict[str, RunConfig]]:
-    """(sweep_id, {variant: config}) from a sweep file; the base path is relative to the sweep file."""
-    path = Path(path)
+def _read_spec(path: Path) -> dict:
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"sweep file not found: {path}") from None
-    unknown = set(spec) - {"base", "sweep_id", "set", "variants"}
+    unknown = set(spec) - {"base", "sweep_id", "set", "variants", *SweepOptions.model_fields}
     if unknown:
-        raise ConfigError(f"sweep {path}: unknown key(s) {sorted(unknown)} (expected base, sweep_id, set, variants)")
+        raise ConfigError(f"sweep {path}: unknown key(s) {sorted(unknown)} "
+                          f"(expected base, sweep_id, set, variants, {', '.join(SweepOptions.model_fields)})")
+    return spec
+
+
+def sweep_options(path: str | Path) -> SweepOptions:
+    """The sweep file's own settings (`parallel`)."""
+    path = Path(path)
+    spec = _read_spec(path)
+    try:
+        return SweepOptions(**{k: v for k, v in spec.items() if k in SweepOptions.model_fields})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][:1]))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"sweep {path}: {problems}") from None
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[str, dict[str, RunConfig]]:
+    """(sweep_id, {variant: config}) from a sweep file; the base path is relative to the sweep file."""
+    path = Path(path)
+    spec = _read_spec(path)
+    sweep_options(path)  # a bad `parallel` stops here, before any run
     if not isinstance(spec.get("set") or {}, dict):
         raise ConfigError(f"sweep {path}: 'set' must map config keys to values")
     if not spec.get("base") or not spec.get("variants"):
@@ -121,16 +144,34 @@ def rater_columns(config: RunConfig) -> dict[str, str]:
     return {c: ("human_grade" if c == human.column else c) for c in human.rater_columns} if human else {}
 
 
-def run_sweep(sweep_id: str, configs: dict[str, RunConfig]) -> SweepResult:
+def run_sweep(sweep_id: str, configs: dict[str, RunConfig], parallel: int | str = "auto") -> SweepResult:
+    """Every variant (side by side where the cluster has room and they share nothing), then the sweep's tables."""
+    import ray
+
     from rae_ray.job import run
-    from rae_ray.runtime import make_job, progress
+    from rae_ray.runtime import ensure_ray, make_job, progress
+    from rae_ray.sweep_runs import fitting, nominal_shuffle_cpus, plan_line, run_variants, waits
+
+    first = next(iter(configs.values()))
+    ensure_ray(first)
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    at_once = max(1, min(parallel if isinstance(parallel, int) else fitting(configs, cpus), len(configs)))
+    variant_waits = waits(configs)
+    progress(plan_line(sweep_id, configs, at_once, parallel, variant_waits))
+    if at_once > fitting(configs, cpus):
+        progress(f"note: {at_once} variants' actor pools and Ray Data's tasks want more than the {cpus:g} CPUs the "
+                 "cluster has now: they may stall waiting for CPUs unless the cluster grows")
+    if at_once > 1:  # progress bars of several datasets would overwrite each other; the lines say who is where
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        with nominal_shuffle_cpus():
+            results = run_variants(configs, lambda name, config: run(config), at_once, variant_waits)
+    else:
+        results = run_variants(configs, lambda name, config: run(config), at_once, variant_waits)
 
     frames = []
     judge_runs = []
-    first = next(iter(configs.values()))
-    for name, config in configs.items():
-        progress(f"sweep {sweep_id}: variant {name} ({list(configs).index(name) + 1}/{len(configs)})")
-        result = run(config)
+    for name, config in configs.items():  # file order, whatever order they finished in
+        result = results[name]
         frames.append(result.rankers.with_columns(pl.lit(name).alias("variant"), pl.lit(config.run_id).alias("run_id")))
         judged = judge_run(name, config, result)
         if judged is not None:

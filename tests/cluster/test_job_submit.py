@@ -11,8 +11,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ import polars as pl
 import pytest
 
 from rae_ray.sim.process import SimProcess
+from tests.cluster.processes import free_port, stop_head
 from tests.helpers import read_output
 
 pytestmark = pytest.mark.integration
@@ -38,12 +37,6 @@ KEY_ENV = "RAE_SIM_API_KEY"  # the variable jobs/configs/demo.yaml names as api_
 JOB_TIMEOUT_S = 150.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Head:
     address: str  # the dashboard / Jobs API, http://127.0.0.1:<port>
@@ -52,7 +45,7 @@ class Head:
 
 
 def _start_head(temp_dir: str, api_key: str) -> tuple[subprocess.Popen[bytes], str, Path]:
-    ports = {name: _free_port() for name in ("gcs", "dashboard", "agent", "client", "runtime_env")}
+    ports = {name: free_port() for name in ("gcs", "dashboard", "agent", "client", "runtime_env")}
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     # A job's entrypoint runs in a shell with the raylet's environment: `python` must be this venv's python,
@@ -92,44 +85,6 @@ def _wait_for_dashboard(process: subprocess.Popen[bytes], address: str, log_path
     pytest.fail(f"the dashboard at {address} did not come up in {timeout_s:.0f} s:\n{log_path.read_text()[-4000:]}")
 
 
-def _stop_head(process: subprocess.Popen[bytes], temp_dir: str) -> None:
-    """SIGTERM to `ray start --block` (it stops what it started), then SIGKILL whatever of ours is left."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # the process group start_new_session gave it
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait()
-    # Workers the raylet spawned can sit in their own groups; their command lines name our temp dir, which no
-    # other Ray uses.
-    deadline = time.monotonic() + 10
-    while (pids := _pids_naming(temp_dir)) and time.monotonic() < deadline:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(0.2)
-
-
-def _pids_naming(text: str) -> list[int]:
-    """Processes whose command line contains `text` (Linux /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
-
-
 @pytest.fixture(scope="module")
 def head() -> Iterator[Head]:
     # Ray's socket paths must stay under ~107 characters: a short directory of our own rather than tmp_path.
@@ -143,7 +98,7 @@ def head() -> Iterator[Head]:
             yield Head(address=address, api_key=api_key, sim_url=sim.base_url)
     finally:
         if process is not None:
-            _stop_head(process, temp_dir)
+            stop_head(process, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
