@@ -174,7 +174,8 @@ def cached_stage(ds, spec: StageSpec, stage_cls, stage_config: LLMStageConfig, c
     ds = ds.materialize()
     if ds.count() == 0:
         return with_schema(ds, output_schema(spec))
-    if store is None or not store.shards(spec.store_kind):  # nothing stored yet: every row is a miss, no lookup pass
+    # Nothing stored yet: every row is a miss, no lookup pass (a store of the earlier format raises here, before any call).
+    if store is None or store.table(spec.store_kind).open() is None:
         misses = ds
         hits = None
     else:
