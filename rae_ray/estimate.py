@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from rae_ray.config import RunConfig
+from rae_ray.labelstore.keys import add_label_keys
 from rae_ray.llm.protocol import prompt_tokens
 from rae_ray.llm.prompts import annotation_messages, annotation_prompt_version, guideline_messages
 from rae_ray.manifest import stage_cost
