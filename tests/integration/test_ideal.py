@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import polars as pl
-import pyarrow.parquet as pq
 import pytest
 
 from rae_ray.config import config_from_dict
@@ -118,12 +117,15 @@ def test_store_records_without_context_are_reused_but_not_in_the_ideal(ray_local
     log_1, log_2 = two_logs
     out = tmp_path / "out"
     run(config_from_dict(_config(sim, tmp_path, log_1, "old", "run")))
-    # Every other shard made to look like one written before records carried query and context.
-    shards = sorted((out / "_store" / "labels").glob("*.parquet"))
-    assert len(shards) >= 2
-    for shard in shards[::2]:
-        pq.write_table(pq.read_table(shard).drop_columns(["query_key", "judge_context"]), shard)
-    kept = pl.concat([pl.read_parquet(shard) for shard in shards[1::2]]).select("query", "product_id").unique()
+    # Half the buckets' records made to look like ones written before records carried query and context (the
+    # Delta table reads a column those records lack as null).
+    from deltalake import DeltaTable
+
+    table = str(out / "_store" / "labels")
+    DeltaTable(table).update(updates={"query_key": "NULL", "judge_context": "NULL"}, predicate="bucket < '8'")
+    records = pl.read_delta(table)
+    kept = records.filter(pl.col("judge_context").is_not_null()).select("query", "product_id").unique()
+    assert 0 < kept.height < records.height
     first = run(config_from_dict(_config(sim, tmp_path, log_1, "again", "store")))
     assert first.manifest["llm_calls"]["annotate"] == 0  # old records still answer lookups
     assert first.manifest["ideal"]["stored_labels"] == kept.height  # ... but only the others count for the ideal
