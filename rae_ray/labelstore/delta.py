@@ -244,12 +244,12 @@ def read_records(fs: pafs.FileSystem, files: list[dict], key: str, keys: pa.Arra
                 if _may_hold(sorted_keys, stats.min if has else None, stats.max if has else None):
                     groups.append(g)
             for g in groups:
-                keys_read = parquet.read_row_group(g, columns=[key]).column(key)
-                found = pc.is_in(keys_read, value_set=wanted)
+                keys_read = _plain_strings(parquet.read_row_group(g, columns=[key])).column(key)
+                found = pc.is_in(keys_read, value_set=wanted.cast(keys_read.type))
                 if not pc.any(found).as_py():
                     continue
                 rest = [c for c in (*columns, *extra) if c != key and schema.get_field_index(c) >= 0]
-                records = parquet.read_row_group(g, columns=rest).append_column(key, keys_read)
+                records = _plain_strings(parquet.read_row_group(g, columns=rest)).append_column(key, keys_read)
                 parts.append(records.filter(found))
                 if io is not None:
                     io["row_groups"] = io.get("row_groups", 0) + 1
@@ -261,6 +261,14 @@ def read_records(fs: pafs.FileSystem, files: list[dict], key: str, keys: pa.Arra
     if not parts:
         return pa.table({key: pa.array([], pa.string())})
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _plain_strings(table: pa.Table) -> pa.Table:
+    """String views (files rewritten by delta-rs operations such as `update` store them) as plain strings: Arrow's
+    `is_in` and the record layout take plain strings only."""
+    fields = [pa.field(f.name, pa.string()) if pa.types.is_string_view(f.type) or pa.types.is_large_string(f.type)
+              else f for f in table.schema]
+    return table.cast(pa.schema(fields)) if fields != list(table.schema) else table
 
 
 def log_io(io: dict) -> None:
