@@ -27,11 +27,11 @@ for name, value in (("RAY_AUTH_MODE", "disabled"), ("AWS_ACCESS_KEY_ID", "testin
 import boto3  # noqa: E402
 import polars as pl  # noqa: E402
 import yaml  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
 
 from rae_ray.config import config_from_dict  # noqa: E402
 from rae_ray.io import sample_dir  # noqa: E402
 from rae_ray.sim.process import SimProcess  # noqa: E402
+from rae_ray.sim.s3 import MotoServer  # noqa: E402
 
 BUCKET = "rae-repeat"
 
@@ -74,9 +74,8 @@ def labels_at(s3_endpoint: str, prefix: str, run_id: str) -> pl.DataFrame:
 
 
 def main() -> int:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = "http://{}:{}".format(*server.get_host_and_port())
+    server = MotoServer().start()
+    endpoint = server.endpoint
     os.environ["AWS_ENDPOINT_URL_S3"] = endpoint  # before Ray starts: its workers inherit it
     s3 = boto3.client("s3", endpoint_url=endpoint)
     s3.create_bucket(Bucket=BUCKET)

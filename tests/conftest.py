@@ -25,19 +25,16 @@ def chorus() -> Path:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server on 127.0.0.1 over real HTTP; boto3, pyarrow and polars all talk to it.
+    """moto's S3 server in a child process on 127.0.0.1, over real HTTP; boto3, pyarrow, polars and deltalake all
+    talk to it.
 
     Its endpoint goes into AWS_ENDPOINT_URL_S3 before Ray starts, so Ray workers inherit it.
     """
-    from moto.server import ThreadedMotoServer
+    from rae_ray.sim.s3 import MotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
-    yield endpoint
-    server.stop()
+    with MotoServer() as server:
+        os.environ["AWS_ENDPOINT_URL_S3"] = server.endpoint
+        yield server.endpoint
 
 
 @pytest.fixture
