@@ -137,12 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=2, help="local server: parallel slots")
     parser.add_argument("--length-limits", action=argparse.BooleanOptionalAction, default=None,
                         help="length limits in the reply schemas (default: on for the local server, off otherwise)")
+    parser.add_argument("--split-cpus", action=argparse.BooleanOptionalAction, default=True,
+                        help="local server: pin it to the last half of the CPUs, and this process (Ray, the job and "
+                             "the bare loop) to the first half, so the client's CPU never slows the server")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     server = None
     if args.base_url is None:
-        server = LlamaServer(slots=args.slots, ctx_size=4096 * args.slots).start()
+        cpus = sorted(os.sched_getaffinity(0))
+        server_cpus = frozenset(cpus[len(cpus) // 2:]) if args.split_cpus and len(cpus) > 1 else None
+        server = LlamaServer(slots=args.slots, ctx_size=4096 * args.slots, cpus=server_cpus).start()
+        if server_cpus:  # before Ray starts: its processes inherit this process's CPUs
+            os.sched_setaffinity(0, set(cpus) - server_cpus)
         base_url, model, key_env = server.base_url, server.alias, "RAE_REAL_JUDGE_NO_KEY"
     else:
         if not args.model:
@@ -158,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args, base_url: str, model: str, key_env: str, server: LlamaServer | None) -> int:
     figures: dict[str, Any] = {"endpoint": base_url, "model": model if server is None else
                                f"{model} (llama.cpp llama-server, CPU, {args.slots} slots)"}
+    if server is not None:
+        figures["cpus"] = {"server": sorted(server.cpus) if server.cpus else "all",
+                           "client": sorted(os.sched_getaffinity(0))}
     with tempfile.TemporaryDirectory(prefix="rae-real-judge-") as tmp:
         folder = Path(tmp)
         log, queries = fixed_slice(args.queries, folder)

@@ -182,6 +182,7 @@ class LlamaServer:
     slots: int = 2
     ctx_size: int = 8192
     threads: int | None = None
+    cpus: frozenset[int] | None = None  # pin the server to these CPUs (Linux), e.g. to keep a client off its cores
     alias: str = MODEL_NAME
     start_timeout_s: float = 120.0
     extra_args: tuple[str, ...] = ()
@@ -208,10 +209,10 @@ class LlamaServer:
         handle, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
         self.log_path = Path(name)
         command = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-                   "-c", str(self.ctx_size), "-np", str(self.slots), "-t", str(self.threads or os.cpu_count() or 2),
+                   "-c", str(self.ctx_size), "-np", str(self.slots), "-t", str(self.threads or len(self.cpus or ()) or os.cpu_count() or 2),
                    "--alias", self.alias, "--metrics", "--no-webui", *self.extra_args]
         self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+                                        start_new_session=True, preexec_fn=self._before_exec)
         os.close(handle)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
@@ -226,6 +227,11 @@ class LlamaServer:
             time.sleep(0.3)
         self.stop()
         raise LlamaServerError(f"llama-server did not answer /health within {self.start_timeout_s:.0f}s")
+
+    def _before_exec(self) -> None:
+        _die_with_parent()
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path and self.log_path.exists() else ""

@@ -289,8 +289,8 @@ def to_polars(ds, schema: dict | None = None) -> pl.DataFrame:
     import ray
 
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    if tables:
-        return pl.from_arrow(pa.concat_tables(tables, promote_options="default"))
+    if tables:  # permissive: blocks of one dataset may differ in string widths (string, large_string, views)
+        return pl.from_arrow(pa.concat_tables(tables, promote_options="permissive"))
     return pl.DataFrame(schema=schema)
 
 

@@ -80,7 +80,7 @@ def human_labels(batch: pa.Table, schema: pa.Schema) -> pa.Table:
         if field.name in given:
             column = given[field.name].cast(field.type)
         elif field.name in batch.column_names:
-            column = batch.column(field.name)  # as the store's hits hand it through (`cached.hits_as_output`)
+            column = batch.column(field.name).cast(field.type)  # as the store's hits hand it through
         elif pa.types.is_integer(field.type) or pa.types.is_floating(field.type):
             column = pa.array([0] * n, field.type)  # usage: no call was made
         else:
