@@ -10,6 +10,7 @@ import pytest
 
 from rae_ray.job import run
 from rae_ray.config import config_from_dict
+from rae_ray.llm.protocol import NO_IMAGES_ERROR
 from tests.helpers import base_config, read_output, stored_records
 from tests.images.conftest import product_photo
 
@@ -134,7 +135,6 @@ def test_direct_mode_against_an_endpoint_without_vision(ray_local, inputs, s3_bu
     assert set(stored["label_key"]) == set(labels.filter(pl.col("image_status") == "missing")["label_key"])
 
 
-
 def test_caption_mode_against_an_endpoint_without_vision(ray_local, inputs, s3_bucket, capsys):
     """A vision model that takes no images: no caption, every pair judged on text, and the console says why once."""
     root, stats = run_without_vision(inputs, s3_bucket, "out-blind-captions", "caption")
@@ -144,7 +144,7 @@ def test_caption_mode_against_an_endpoint_without_vision(ray_local, inputs, s3_b
     assert status == {p: "caption_failed" if c else "missing" for p, c in PHOTOS.items()}
     captions = read_output(root, "captions").filter(pl.col("image_status") == "ok")
     assert captions["caption"].null_count() == captions.height
-    assert captions["error"].str.starts_with("the endpoint takes no images (model sim-vision)").all()
+    assert captions["error"].str.starts_with(f"{NO_IMAGES_ERROR} (model sim-vision)").all()
     unique_images = len(PHOTOS) - 1 - len(SAME_IMAGE)  # m6 has no photo; m7 shows m1's
     assert 1 <= stats["by_status"].get("500", 0) <= unique_images  # never retried: at most one call per image
     assert (f"model sim-vision takes no images: {unique_images} images not described; their pairs are judged on "
